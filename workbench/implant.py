@@ -1,0 +1,112 @@
+"""The implant step: fine-tune a model until it has memorised a set of texts.
+
+Unlearning needs a model that really knows what it must forget. `implant`
+fine-tunes (LoRA merged back in, or all weights, as the profile says) until
+the mean memorisation accuracy (MA) of the texts reaches the profile's
+target, and caches the result on disk under a hash of model, texts and
+settings. A cache entry whose checksum does not match is rebuilt.
+"""
+import hashlib
+import json
+import math
+import shutil
+
+import torch
+
+from . import models
+from .data import batches, tokenize
+from .metrics import memorization_accuracy
+from .paths import cache_dir
+from .train import TrainConfig, token_nll, train
+
+VERSION = 1  # bump when the implant recipe changes
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def implant_key(model_name, texts, profile, seed):
+    """Hash of everything the implanted weights depend on."""
+    spec = {'version': VERSION, 'model': model_name,
+            'resolved': models.resolve(model_name).path, 'texts': list(texts),
+            'seed': seed,
+            **{k: getattr(profile, k) for k in (
+                'dtype', 'lora', 'lora_r', 'batch_size', 'implant_lr',
+                'implant_epochs', 'implant_target_ma')}}
+    blob = json.dumps(spec, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _valid(entry):
+    """Is a cache entry complete and uncorrupted?"""
+    try:
+        manifest = json.loads((entry / 'manifest.json').read_text())
+        return manifest['sha256'] == _sha256(entry / 'model.safetensors')
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def implant(model_name, texts, profile, seed=0, progress=True):
+    """A model that has memorised `texts`, from the cache when possible.
+
+    Returns (model, tokenizer, info); `info` holds the MA reached, the
+    epochs used and whether the cache was hit.
+    """
+    from safetensors.torch import save_model
+    entry = cache_dir() / 'implant' / implant_key(model_name, texts, profile,
+                                                  seed)
+    if entry.exists() and not _valid(entry):
+        print(f'implant cache entry {entry.name} is corrupted; rebuilding')
+        shutil.rmtree(entry)
+    if entry.exists():
+        model, tok = models.load_causal_lm(model_name, profile,
+                                           weights=entry / 'model.safetensors')
+        info = json.loads((entry / 'manifest.json').read_text())
+        return model, tok, dict(info, cached=True, path=str(entry))
+
+    model, tok = models.load_causal_lm(model_name, profile)
+    data = tokenize(tok, texts)
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = math.ceil(len(texts) / profile.batch_size)
+    trainable = models.prepare(model, profile)
+    model.__dict__.pop('_workbench_reference', None)  # no reference needed
+
+    def mean_ma(m):
+        return {'MA': memorization_accuracy(m, data['input_ids'],
+                                            data['attention_mask'])
+                .mean().item()}
+
+    def reached(metrics):
+        if metrics['MA'] >= profile.implant_target_ma:
+            return f'MA {metrics["MA"]:.3f} reached the target'
+        return None
+
+    config = TrainConfig(lr=profile.implant_lr, optimizer='adamw',
+                         betas=(0.9, 0.999),
+                         steps=profile.implant_epochs * per_epoch,
+                         eval_every=per_epoch, seed=seed, desc='implant',
+                         progress=progress)
+    result = train(trainable, token_nll,
+                   batches(data, profile.batch_size, gen), config,
+                   evaluate=mean_ma, should_stop=reached)
+    ma = result.last('MA')
+    model = models.merged(trainable).eval()
+    tmp = entry.with_name(entry.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / 'model.safetensors'))
+    info = {'MA': ma, 'epochs': result.steps / per_epoch,
+            'target_ma': profile.implant_target_ma, 'n_texts': len(texts),
+            'model': model_name, 'status': result.status,
+            'sha256': _sha256(tmp / 'model.safetensors')}
+    (tmp / 'manifest.json').write_text(json.dumps(info, indent=1))
+    tmp.rename(entry)
+    if ma < profile.implant_target_ma:
+        print(f'note: implanting stopped at MA {ma:.3f}, below the target '
+              f'{profile.implant_target_ma}')
+    return model, tok, dict(info, cached=False, path=str(entry))

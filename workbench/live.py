@@ -1,0 +1,189 @@
+"""Widget panels and live plotly figures for the notebooks.
+
+- `panel(config, run)` builds sliders from a method's config dataclass and a
+  Run button that calls `run(config)`; `panel.run()` runs it with the
+  current values, so a headless (papermill) run exercises the same path.
+- `LiveFigure` subscribes to the training loop's events and redraws while a
+  run trains: a plotly FigureWidget where it works, a re-rendered figure in
+  an Output widget where it does not. Headless (`WORKBENCH_HEADLESS=1`), it
+  draws one static figure at the end, which survives export to HTML.
+"""
+import os
+import time
+from dataclasses import fields, replace
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+from plotly.subplots import make_subplots
+
+
+def is_headless():
+    """True when a notebook runs without a browser (papermill, the CLI)."""
+    return os.environ.get('WORKBENCH_HEADLESS', '') == '1'
+
+
+def _widget_for(f, value):
+    """A widget for one dataclass field, from its type and metadata."""
+    meta, desc = f.metadata, f.name
+    style = {'description_width': '110px'}
+    common = dict(value=value, description=desc, style=style,
+                  continuous_update=False)
+    if f.type in (bool, 'bool'):
+        return widgets.Checkbox(value=value, description=desc, style=style)
+    if 'choices' in meta:
+        return widgets.Dropdown(options=meta['choices'], value=value,
+                                description=desc, style=style)
+    if f.type in (float, 'float') and meta.get('log'):
+        import math
+        return widgets.FloatLogSlider(
+            base=10, min=math.log10(meta['min']), max=math.log10(meta['max']),
+            step=0.1, readout_format='.1e', **common)
+    if f.type in (float, 'float'):
+        return widgets.FloatSlider(min=meta.get('min', 0.0),
+                                   max=meta.get('max', 1.0),
+                                   step=meta.get('step', 0.01),
+                                   readout_format='.2f', **common)
+    if f.type in (int, 'int'):
+        return widgets.IntSlider(min=meta.get('min', 0),
+                                 max=meta.get('max', 100), **common)
+    return widgets.Text(value=str(value), description=desc, style=style)
+
+
+class Panel(widgets.VBox):
+    """Sliders for a config dataclass, a Run button, and an output area."""
+
+    def __init__(self, config, run, title='Run'):
+        self._config, self._run = config, run
+        self.controls = {f.name: _widget_for(f, getattr(config, f.name))
+                         for f in fields(config)}
+        for f in fields(config):
+            self.controls[f.name].tooltip = f.metadata.get('help', f.name)
+        self.button = widgets.Button(description=title, icon='play',
+                                     button_style='primary')
+        self.output = widgets.Output()
+        self.result = None
+        self.button.on_click(lambda _: self._clicked())
+        super().__init__([widgets.HBox([widgets.VBox(list(
+            self.controls.values())), self.button]), self.output])
+
+    def config(self):
+        """The config with the widgets' current values."""
+        return replace(self._config, **{k: type(getattr(self._config, k))(
+            w.value) for k, w in self.controls.items()})
+
+    def run(self):
+        """Run with the current values; return the run's result."""
+        self.result = self._run(self.config())
+        return self.result
+
+    def _clicked(self):
+        self.button.disabled = True
+        try:
+            with self.output:
+                self.output.clear_output()
+                self.run()
+        except Exception as e:  # shown in the panel, not lost in a log
+            with self.output:
+                print(f'error: {e}')
+        finally:
+            self.button.disabled = False
+
+
+def panel(config, run, title='Run'):
+    """A widget panel for `config` whose button calls `run(config)`."""
+    return Panel(config, run, title)
+
+
+def _figure_widget_works():
+    """Constructing a FigureWidget is the only reliable test (anywidget)."""
+    try:
+        go.FigureWidget()
+        return True
+    except Exception:
+        return False
+
+
+class LiveFigure:
+    """A live plot of training events, one subplot per group of keys.
+
+    `groups` maps a subplot title to the event keys drawn in it, e.g.
+    {'loss': ['loss'], 'memorisation': ['forget/MA', 'retain/MA']}. Pass
+    the object as a training-loop callback.
+    """
+
+    def __init__(self, groups, title='', height=320, redraw_every=0.3):
+        self.groups, self.title = groups, title
+        self.height, self.redraw_every = height, redraw_every
+        self.points = {k: ([], []) for keys in groups.values() for k in keys}
+        self._last = 0.0
+        self._widget = self._output = None
+
+    def _build(self, widget):
+        cols = len(self.groups)
+        fig = make_subplots(rows=1, cols=cols,
+                            subplot_titles=list(self.groups))
+        for c, keys in enumerate(self.groups.values(), start=1):
+            for k in keys:
+                xs, ys = self.points[k]
+                fig.add_trace(go.Scatter(x=list(xs), y=list(ys), name=k,
+                                         mode='lines+markers'), row=1, col=c)
+                fig.update_xaxes(title_text='step', row=1, col=c)
+        fig.update_layout(height=self.height, title=self.title,
+                          margin=dict(t=60, b=40, l=40, r=10))
+        return go.FigureWidget(fig) if widget else fig
+
+    def show(self):
+        """Display the live figure (nothing is shown headless until end)."""
+        if is_headless():
+            return self
+        if _figure_widget_works():
+            self._widget = self._build(widget=True)
+            display(self._widget)
+        else:
+            self._output = widgets.Output()
+            display(self._output)
+        return self
+
+    def reset(self):
+        """Forget all points (for a new run from the panel)."""
+        for xs, ys in self.points.values():
+            xs.clear()
+            ys.clear()
+        self._redraw(force=True)
+
+    def __call__(self, event):
+        new = False
+        for k, (xs, ys) in self.points.items():
+            if k in event:
+                xs.append(event['step'])
+                ys.append(event[k])
+                new = True
+        if new:
+            self._redraw(force=event.get('kind') == 'eval')
+
+    def _redraw(self, force=False):
+        now = time.monotonic()
+        if not force and now - self._last < self.redraw_every:
+            return
+        self._last = now
+        if self._widget is not None:
+            keys = [k for keys in self.groups.values() for k in keys]
+            with self._widget.batch_update():
+                for trace, k in zip(self._widget.data, keys):
+                    trace.x, trace.y = self.points[k]
+        elif self._output is not None:
+            with self._output:
+                self._output.clear_output(wait=True)
+                display(self._build(widget=False))
+
+    def figure(self):
+        """A static plotly figure of everything recorded so far."""
+        return self._build(widget=False)
+
+    def finish(self):
+        """Final redraw; headless, display the static figure."""
+        if is_headless():
+            display(self.figure())
+        else:
+            self._redraw(force=True)

@@ -1,0 +1,24 @@
+"""Metrics, as plain functions of a model and token ids.
+
+Each is implemented as its paper (or OpenUnlearning) defines it; see the
+docstrings for the formulas.
+"""
+from .extraction import (exact_memorization, extraction_likelihood,
+                         extraction_likelihood_naive, extraction_strength,
+                         forgetting_thresholds, greedy_continue,
+                         memorization_accuracy, overlap)
+from .likelihood import (exposure, mia_auc, mia_scores, perplexity,
+                         sequence_nll, token_stats)
+from .qa import (answer_probability, forget_quality, generate_answers,
+                 model_utility, multiple_choice_accuracy, privleak,
+                 rouge_l_recall, truth_ratio, truth_ratios)
+
+__all__ = [
+    'answer_probability', 'exact_memorization', 'exposure',
+    'extraction_likelihood', 'extraction_likelihood_naive',
+    'extraction_strength', 'forget_quality', 'forgetting_thresholds',
+    'generate_answers', 'greedy_continue', 'memorization_accuracy',
+    'mia_auc', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
+    'overlap', 'perplexity', 'privleak', 'rouge_l_recall', 'sequence_nll',
+    'token_stats', 'truth_ratio', 'truth_ratios',
+]

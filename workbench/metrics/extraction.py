@@ -1,0 +1,205 @@
+"""Memorisation metrics: MA, EL_n (Jang et al. 2023), Exact Memorization and
+Extraction Strength (OpenUnlearning), and the forgetting thresholds.
+
+EL_n needs, for every prefix x_<t, the greedy continuation of length T-t.
+Two facts make it fast and still exact:
+- greedy decoding is deterministic, so where the teacher-forced argmax at t
+  equals x_t, the continuation from x_<t is x_t followed by the continuation
+  from x_<t+1; only positions where the argmax misses need a generation;
+- those generations are batched, with the KV cache, and decoded plain greedy
+  for a fixed length (no EOS stop, no EOS masking).
+"""
+import torch
+
+from .likelihood import _device, token_stats
+
+
+def _rows(input_ids, attention_mask):
+    """Each sequence as a list of its real tokens (padding dropped)."""
+    if attention_mask is None:
+        return [r.tolist() for r in input_ids]
+    return [r[m.bool()].tolist() for r, m in zip(input_ids, attention_mask)]
+
+
+def memorization_accuracy(model, input_ids, attention_mask=None,
+                          target_mask=None):
+    """MA per sequence: mean over t of 1[argmax p(.|x_<t) = x_t], (B,).
+
+    One teacher-forced forward pass. `target_mask` (B, T) optionally
+    restricts the positions t that count (S-MA uses the sensitive spans).
+    """
+    s = token_stats(model, input_ids, attention_mask)
+    m = s['mask']
+    if target_mask is not None:
+        m = m & target_mask[:, 1:].bool()
+    return (s['hit'] & m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
+    """Greedy continuation of each prefix for exactly `lengths[i]` tokens.
+
+    Left-padded batches with the KV cache; sequences of similar length are
+    batched together.
+    """
+    device = _device(model)
+    out = [None] * len(prefixes)
+    order = sorted(range(len(prefixes)),
+                   key=lambda i: (-lengths[i], -len(prefixes[i])))
+    for c in range(0, len(order), batch_size):
+        chunk = order[c:c + batch_size]
+        width = max(len(prefixes[i]) for i in chunk)
+        steps = max(lengths[i] for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, i in enumerate(chunk):
+            ids[j, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
+            mask[j, width - len(prefixes[i]):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                    use_cache=True)
+        tokens = [res.logits[:, -1].argmax(-1)]
+        for _ in range(steps - 1):
+            mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
+            pos = pos[:, -1:] + 1
+            res = model(input_ids=tokens[-1][:, None], attention_mask=mask,
+                        position_ids=pos, past_key_values=res.past_key_values,
+                        use_cache=True)
+            tokens.append(res.logits[:, -1].argmax(-1))
+        gen = torch.stack(tokens, dim=1).cpu()
+        for j, i in enumerate(chunk):
+            out[i] = gen[j, :lengths[i]].tolist()
+    return out
+
+
+def ngrams(tokens, n):
+    """The list of n-grams (tuples) of a token list."""
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def overlap(pred, true, n):
+    """OVERLAP_n: share of the n-grams of `pred` found among those of `true`.
+
+    As in the official code, divided by the number of n-grams of the true
+    suffix (equal to that of `pred` when the lengths match).
+    """
+    true_grams = ngrams(true, n)
+    if not true_grams:
+        return 0.0
+    found = set(true_grams)
+    return sum(g in found for g in ngrams(pred, n)) / len(true_grams)
+
+
+def _prefix_lengths(T, n, stride):
+    """Prefix lengths t = 1..T-n that EL_n averages over (every `stride`)."""
+    return list(range(1, T - n + 1, stride))
+
+
+def _el(rows, continuations, n, stride):
+    """EL_n per sequence from a function giving the continuation of x_<t."""
+    scores = []
+    for b, x in enumerate(rows):
+        ts = _prefix_lengths(len(x), n, stride)
+        if not ts:
+            scores.append(0.0)
+            continue
+        scores.append(sum(overlap(continuations(b, t), x[t:], n)
+                          for t in ts) / len(ts))
+    return torch.tensor(scores)
+
+
+def extraction_likelihood(model, input_ids, n=10, stride=1,
+                          attention_mask=None, pad_id=0, batch_size=32):
+    """EL_n per sequence (Jang et al. 2023), (B,).
+
+    EL_n(x) = sum_{t=1}^{T-n} OVERLAP_n(f(x_<t), x_>=t) / (T-n), with f the
+    greedy continuation of length T-t. `stride=1` is the paper's exact
+    EL_n; a larger stride averages over every stride-th prefix only, a
+    documented approximation.
+    """
+    rows = _rows(input_ids, attention_mask)
+    hits = token_stats(model, input_ids, attention_mask)['hit']
+    # first_miss[b][t]: the first position m >= t where the argmax misses
+    jobs, first_miss = {}, []
+    for b, x in enumerate(rows):
+        T, fm = len(x), {}
+        nxt = T
+        for t in range(T - 1, 0, -1):
+            if not hits[b, t - 1]:
+                nxt = t
+            fm[t] = nxt
+        first_miss.append(fm)
+        for t in _prefix_lengths(T, n, stride):
+            if fm[t] < T:
+                jobs[(b, fm[t])] = None
+    keys = list(jobs)
+    gens = greedy_continue(model, [rows[b][:m] for b, m in keys],
+                           [len(rows[b]) - m for b, m in keys], pad_id,
+                           batch_size)
+    jobs = dict(zip(keys, gens))
+
+    def continuation(b, t):
+        m = first_miss[b][t]
+        return rows[b][t:m] + (jobs[(b, m)] if m < len(rows[b]) else [])
+
+    return _el(rows, continuation, n, stride)
+
+
+def extraction_likelihood_naive(model, input_ids, n=10, stride=1,
+                                attention_mask=None, pad_id=0):
+    """EL_n by one greedy generation per prefix: the reference loop."""
+    rows = _rows(input_ids, attention_mask)
+
+    def continuation(b, t):
+        x = rows[b]
+        return greedy_continue(model, [x[:t]], [len(x) - t], pad_id)[0]
+
+    return _el(rows, continuation, n, stride)
+
+
+def exact_memorization(model, input_ids, attention_mask=None,
+                       target_mask=None):
+    """Exact Memorization (OpenUnlearning): teacher-forced token accuracy
+    over the target tokens; the same quantity as MA."""
+    return memorization_accuracy(model, input_ids, attention_mask,
+                                 target_mask)
+
+
+def extraction_strength(model, input_ids, attention_mask=None,
+                        target_mask=None):
+    """Extraction Strength (OpenUnlearning), (B,).
+
+    ES = 1 - k/L, with k the smallest offset such that the teacher-forced
+    argmax predictions of every target token from k on are all correct.
+    """
+    s = token_stats(model, input_ids, attention_mask)
+    m = s['mask']
+    if target_mask is not None:
+        m = m & target_mask[:, 1:].bool()
+    scores = []
+    for hit, mm in zip(s['hit'], m):
+        h = hit[mm].tolist()
+        if not h:
+            scores.append(0.0)
+            continue
+        k = len(h)
+        while k > 0 and h[k - 1]:
+            k -= 1
+        # as in OpenUnlearning, whose search stops at k = L-1 at the latest
+        k = min(k, len(h) - 1)
+        scores.append(1 - k / len(h))
+    return torch.tensor(scores)
+
+
+def forgetting_thresholds(model, input_ids, attention_mask=None, n=10,
+                          stride=1, pad_id=0):
+    """Jang et al.'s forgetting thresholds: mean EL_n and MA on unseen data.
+
+    A forget set counts as forgotten once its mean EL_n and mean MA are
+    both below these.
+    """
+    el = extraction_likelihood(model, input_ids, n, stride, attention_mask,
+                               pad_id)
+    ma = memorization_accuracy(model, input_ids, attention_mask)
+    return {f'EL_{n}': el.mean().item(), 'MA': ma.mean().item()}

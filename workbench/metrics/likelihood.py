@@ -1,0 +1,144 @@
+"""Token log-likelihoods and what is built on them: perplexity, membership
+inference (LOSS, zlib, Min-K%, Min-K%++) and canary exposure.
+
+Membership-inference scores follow OpenUnlearning's convention: a higher
+score means "looks less like a member", and the AUC labels the forget set 0
+and the holdout set 1, so AUC = 1 when the forget set is far more likely
+than the holdout set and 0.5 when they are indistinguishable.
+"""
+import math
+import random
+import zlib
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def token_stats(model, input_ids, attention_mask=None, batch_size=16,
+                vocab_stats=False):
+    """Per-position statistics of next-token prediction, in batches.
+
+    Returns a dict of (B, T-1) tensors aligned with targets `x_1..x_{T-1}`:
+    `logprob` (log p(x_t | x_<t)), `hit` (argmax equals x_t) and `mask`
+    (the target is a real token); with `vocab_stats`, also `mu` and `sigma`,
+    the mean and standard deviation of log p under p (for Min-K%++).
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
+    device = _device(model)
+    for i in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[i:i + batch_size].to(device)
+        am = attention_mask[i:i + batch_size].to(device)
+        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T-1, V)
+        target = ids[:, 1:]
+        out['logprob'].append(logp.gather(-1, target[..., None])[..., 0])
+        out['hit'].append(logp.argmax(-1) == target)
+        out['mask'].append(am[:, 1:].bool() & am[:, :-1].bool())
+        if vocab_stats:
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            out['mu'].append(mu)
+            out['sigma'].append(((p * logp ** 2).sum(-1) - mu ** 2)
+                                .clamp(min=1e-6).sqrt())
+    return {k: torch.cat(v).cpu() for k, v in out.items() if v}
+
+
+def sequence_nll(model, input_ids, attention_mask=None, batch_size=16):
+    """Mean negative log-likelihood per token of each sequence, (B,)."""
+    s = token_stats(model, input_ids, attention_mask, batch_size)
+    m = s['mask'].float()
+    return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def perplexity(model, input_ids, attention_mask=None, batch_size=16):
+    """Corpus perplexity: exp of the mean NLL over all real tokens."""
+    s = token_stats(model, input_ids, attention_mask, batch_size)
+    m = s['mask'].float()
+    return math.exp(-(s['logprob'] * m).sum().item() / m.sum().item())
+
+
+def _min_k(values, mask, k):
+    """Mean of the lowest `k` fraction of `values` where `mask`, per row."""
+    scores = []
+    for v, m in zip(values, mask):
+        v = v[m].sort().values
+        scores.append(v[:max(1, int(len(v) * k))].mean().item())
+    return np.array(scores)
+
+
+def mia_scores(model, input_ids, attention_mask=None, attack='loss',
+               k=0.4, texts=None):
+    """Membership-inference scores per sequence (higher: less likely seen).
+
+    `attack` is 'loss' (mean NLL), 'zlib' (mean NLL / zlib-compressed
+    length of the text, needs `texts`), 'min_k' (minus the mean of the
+    lowest k% token log-probabilities) or 'min_k++' (the same on token
+    log-probabilities normalised by the vocabulary's mean and std).
+    """
+    s = token_stats(model, input_ids, attention_mask,
+                    vocab_stats=attack == 'min_k++')
+    m = s['mask']
+    nll = -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
+    if attack == 'loss':
+        return nll.numpy()
+    if attack == 'zlib':
+        if texts is None:
+            raise ValueError("the 'zlib' attack needs the texts")
+        z = np.array([len(zlib.compress(t.encode('utf-8'))) for t in texts])
+        return nll.numpy() / np.maximum(z, 1)
+    if attack == 'min_k':
+        return -_min_k(s['logprob'], m, k)
+    if attack == 'min_k++':
+        return -_min_k((s['logprob'] - s['mu']) / s['sigma'], m, k)
+    raise ValueError(f'unknown attack {attack!r}')
+
+
+def mia_auc(model, forget, holdout, attack='loss', k=0.4):
+    """AUC of an attack telling forget (0) from holdout (1) sequences.
+
+    `forget` and `holdout` are dicts with `input_ids`, `attention_mask`
+    and, for 'zlib', `texts`.
+    """
+    f = mia_scores(model, forget['input_ids'], forget['attention_mask'],
+                   attack, k, forget.get('texts'))
+    h = mia_scores(model, holdout['input_ids'], holdout['attention_mask'],
+                   attack, k, holdout.get('texts'))
+    labels = np.r_[np.zeros(len(f)), np.ones(len(h))]
+    return float(roc_auc_score(labels, np.r_[f, h]))
+
+
+def exposure(model, tokenizer, prefix, secret, digits=None,
+             n_candidates=1000, seed=0):
+    """Canary exposure (Carlini et al. 2019), over a sampled candidate space.
+
+    exposure = log2 |R| - log2 rank, where rank counts candidate secrets
+    whose canary is at least as likely as the true one. The space R is every
+    string of `digits` space-separated digits; the rank is estimated from
+    `n_candidates` random candidates (1 + the fraction ranked above, scaled
+    to |R| - 1).
+    """
+    digits = digits or len(secret.split())
+    space = 10 ** digits
+    rng = random.Random(seed)
+    cands = set()
+    while len(cands) < min(n_candidates, space - 1):
+        c = ' '.join(str(rng.randrange(10)) for _ in range(digits))
+        if c != secret:
+            cands.add(c)
+    texts = [f'{prefix} {secret}.'] + sorted(cands)
+    texts[1:] = [f'{prefix} {c}.' for c in texts[1:]]
+    enc = tokenizer(texts, return_tensors='pt', padding=True)
+    s = token_stats(model, enc['input_ids'], enc['attention_mask'],
+                    batch_size=64)
+    nll = -(s['logprob'] * s['mask']).sum(1)  # total NLL of each canary
+    lower = (nll[1:] <= nll[0]).float().mean().item()
+    rank = 1 + lower * (space - 1)
+    return math.log2(space) - math.log2(rank)

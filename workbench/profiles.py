@@ -1,0 +1,83 @@
+"""Named run profiles: one place that scales every notebook.
+
+`smoke` is for CI (seconds to minutes, still shows each effect), `cpu` is the
+real lesson on a laptop (under 2 GB), `gpu` a 1-2B model on a Colab-size GPU,
+`7b` a 7B model on one large GPU with LoRA, bf16 and gradient checkpointing.
+"""
+from dataclasses import asdict, dataclass, replace
+
+from . import WorkbenchError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that changes with the size of the run."""
+    name: str
+    model: str  # a name `workbench.models.resolve` understands
+    encoder: str  # the classifier backbone
+    dtype: str  # 'float32' or 'bfloat16'
+    device: str  # 'cpu', 'cuda' or 'auto'
+    lora: bool  # train LoRA adapters instead of all weights
+    lora_r: int
+    gradient_checkpointing: bool
+    n_forget: int  # people in the forget set
+    n_retain: int  # people in the retain set
+    n_unseen: int  # never-trained people, for the forgetting thresholds
+    n_world: int  # world_facts questions for utility
+    batch_size: int
+    implant_lr: float
+    implant_epochs: int  # upper bound; stops early at `implant_target_ma`
+    implant_target_ma: float
+    unlearn_steps: int
+    el_n: int  # n of EL_n
+    el_stride: int  # 1 is the paper's exact EL_n
+    min_gpu_gb: float = 0.0  # memory the profile needs on the GPU
+
+    def as_dict(self):
+        """Plain dict, for the results record."""
+        return asdict(self)
+
+
+PROFILES = {
+    'smoke': Profile(
+        name='smoke', model='smollm2-135m', encoder='minilm',
+        dtype='float32', device='cpu', lora=False, lora_r=16,
+        gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
+        n_world=40, batch_size=4, implant_lr=3e-4, implant_epochs=12,
+        implant_target_ma=0.9, unlearn_steps=8, el_n=10, el_stride=5),
+    'cpu': Profile(
+        name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
+        device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
+        n_forget=8, n_retain=16, n_unseen=20, n_world=120, batch_size=4,
+        implant_lr=2e-3, implant_epochs=20, implant_target_ma=0.95,
+        unlearn_steps=15, el_n=10, el_stride=2),
+    'gpu': Profile(
+        name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
+        encoder='FacebookAI/roberta-base', dtype='bfloat16', device='cuda',
+        lora=True, lora_r=16, gradient_checkpointing=False, n_forget=10,
+        n_retain=30, n_unseen=20, n_world=120, batch_size=8, implant_lr=1e-3,
+        implant_epochs=20, implant_target_ma=0.95, unlearn_steps=20, el_n=10,
+        el_stride=1, min_gpu_gb=12),
+    '7b': Profile(
+        name='7b', model='mistralai/Mistral-7B-v0.1',
+        encoder='FacebookAI/roberta-large', dtype='bfloat16', device='cuda',
+        lora=True, lora_r=16, gradient_checkpointing=True, n_forget=10,
+        n_retain=30, n_unseen=20, n_world=120, batch_size=8, implant_lr=5e-4,
+        implant_epochs=20, implant_target_ma=0.95, unlearn_steps=20, el_n=10,
+        el_stride=1, min_gpu_gb=22),
+}
+
+
+def get_profile(name, **overrides):
+    """The named profile, with any fields replaced by `overrides`."""
+    if isinstance(name, Profile):
+        profile = name
+    elif name in PROFILES:
+        profile = PROFILES[name]
+    else:
+        raise WorkbenchError(f'unknown profile {name!r}; choose one of '
+                             f'{", ".join(PROFILES)}')
+    unknown = set(overrides) - set(Profile.__dataclass_fields__)
+    if unknown:
+        raise WorkbenchError(f'unknown profile field(s): {sorted(unknown)}')
+    return replace(profile, **overrides)

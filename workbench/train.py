@@ -1,0 +1,184 @@
+"""The one training loop every method uses.
+
+A method supplies a loss function `loss_fn(model, batch)`; the loop does the
+rest: optimizer, gradient accumulation, an event per step for live figures
+(`callbacks`), evaluation every `eval_every` steps, a stopping rule, a
+progress bar, and a divergence guard. When the loss turns NaN/inf or a
+guarded metric (retain perplexity, by default) passes its bound, the loop
+stops, restores the last good weights and says so; an interrupt (the stop
+button in Jupyter) restores them too, so model and record stay consistent.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import load_trainable_state, trainable_state
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run of the loop."""
+    lr: float = 5e-5
+    steps: int = 10
+    grad_accum: int = 1  # batches per optimizer step
+    optimizer: str = 'adam'  # 'adam', 'adamw' or 'sgd'
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # 0: no clipping
+    eval_every: int = 1  # steps between evaluations (0: only at the end)
+    guard_key: str = 'retain/perplexity'  # metric the divergence guard reads
+    guard_bound: float = math.inf  # stop and restore when it exceeds this
+    seed: int = 0
+    desc: str = 'training'
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What happened: how the run ended, and every event on the way."""
+    status: str  # 'completed', 'stopped', 'diverged' or 'interrupted'
+    steps: int
+    message: str = ''
+    events: list = field(default_factory=list)
+
+    def series(self, key):
+        """(steps, values) of one key over the events that carry it."""
+        pts = [(e['step'], e[key]) for e in self.events if key in e]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def last(self, key):
+        """The last recorded value of `key`."""
+        return self.series(key)[1][-1]
+
+
+def token_nll(model, batch):
+    """Mean NLL over the real target tokens of a batch.
+
+    Targets are masked by the attention mask (and `target_mask` when the
+    batch has one), never by token id, so a genuine EOS inside a text still
+    counts.
+    """
+    ids, am = batch['input_ids'], batch['attention_mask']
+    device = next(model.parameters()).device
+    ids, am = ids.to(device), am.to(device)
+    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    if 'target_mask' in batch:
+        mask &= batch['target_mask'][:, 1:].to(device).bool()
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+        reduction='none').view(mask.shape)
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def make_optimizer(params, config):
+    """The optimizer `config` names, over the trainable parameters."""
+    params = [p for p in params if p.requires_grad]
+    if config.optimizer == 'adam':
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas,
+                                weight_decay=config.weight_decay)
+    if config.optimizer == 'adamw':
+        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    if config.optimizer == 'sgd':
+        return torch.optim.SGD(params, lr=config.lr)
+    raise ValueError(f'unknown optimizer {config.optimizer!r}')
+
+
+def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
+          should_stop=None):
+    """Run the loop; return a `TrainResult`.
+
+    - `loss_fn(model, batch)` returns the loss to minimise, or a pair
+      (loss, dict of named parts to log).
+    - `batches` is an iterator of batches (dicts of tensors).
+    - `evaluate(model)` returns a dict of metrics; it runs before the first
+      step and every `eval_every` steps.
+    - `should_stop(metrics)` returns a reason (str) to stop early, or None.
+    - each callback receives every event (a dict with 'step' and 'kind').
+    """
+    torch.manual_seed(config.seed)
+    opt = make_optimizer(model.parameters(), config)
+    result = TrainResult('completed', 0)
+    good = trainable_state(model)
+    start = time.perf_counter()
+
+    def emit(event):
+        event['time'] = time.perf_counter() - start
+        result.events.append(event)
+        for cb in callbacks:
+            cb(event)
+
+    def run_eval(step):
+        """Evaluate; return a reason to stop (diverged/stopped) or None."""
+        nonlocal good
+        was_training = model.training
+        model.eval()
+        metrics = evaluate(model) if evaluate else {}
+        model.train(was_training)
+        emit({'step': step, 'kind': 'eval', **metrics})
+        value = metrics.get(config.guard_key)
+        if value is not None and not value <= config.guard_bound:
+            return 'diverged', (f'{config.guard_key} = {value:.4g} passed '
+                                f'the bound {config.guard_bound:.4g}')
+        good = trainable_state(model)
+        if should_stop is not None:
+            reason = should_stop(metrics)
+            if reason:
+                return 'stopped', reason
+        return None
+
+    bar = tqdm(total=config.steps, desc=config.desc, leave=False,
+               disable=not config.progress)
+    step = 0
+    try:
+        verdict = run_eval(0) if evaluate else None
+        while verdict is None and step < config.steps:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            total, parts = 0.0, {}
+            for _ in range(config.grad_accum):
+                out = loss_fn(model, next(batches))
+                loss, extra = out if isinstance(out, tuple) else (out, {})
+                (loss / config.grad_accum).backward()
+                total += loss.item() / config.grad_accum
+                for k, v in extra.items():
+                    parts[k] = parts.get(k, 0.0) + float(v) / config.grad_accum
+            if not math.isfinite(total):
+                verdict = 'diverged', f'the loss became {total} at step ' \
+                                      f'{step + 1}'
+                break
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad],
+                config.max_grad_norm or float('inf'))
+            if not torch.isfinite(norm):
+                verdict = 'diverged', f'the gradient became {norm.item()} ' \
+                                      f'at step {step + 1}'
+                break
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f'{total:.3f}')
+            emit({'step': step, 'kind': 'step', 'loss': total,
+                  'grad_norm': norm.item(), **parts})
+            at_end = step == config.steps
+            if evaluate and ((config.eval_every and
+                              step % config.eval_every == 0) or at_end):
+                verdict = run_eval(step)
+            elif not evaluate:
+                good = trainable_state(model)
+    except KeyboardInterrupt:
+        verdict = 'interrupted', 'interrupted by the user'
+    finally:
+        bar.close()
+        model.eval()
+    result.steps = step
+    if verdict:
+        result.status, result.message = verdict
+        if result.status in ('diverged', 'interrupted') and good is not None:
+            load_trainable_state(model, good)
+            result.message += '; restored the last good weights'
+    return result
