@@ -187,3 +187,73 @@ class LiveFigure:
             display(self.figure())
         else:
             self._redraw(force=True)
+
+
+def show_source(fn):
+    """Display a function's source, highlighted (the paper's core)."""
+    import inspect
+
+    from IPython.display import Code
+    display(Code(inspect.getsource(fn), language='python'))
+
+
+def show_people(rows):
+    """Display bios with their PII spans highlighted."""
+    import html
+
+    from IPython.display import HTML
+    parts = []
+    for r in rows:
+        text, out, last = r['text'], [], 0
+        for start, end, kind in sorted(r['spans']):
+            out.append(html.escape(text[last:start]))
+            out.append(f'<mark title="{kind}">{html.escape(text[start:end])}'
+                       f'</mark>')
+            last = end
+        out.append(html.escape(text[last:]))
+        parts.append(f'<p><b>{r["id"]}</b> ({r["split"]}): {"".join(out)}'
+                     f'</p>')
+    display(HTML(''.join(parts)))
+
+
+def metrics_table(columns, thresholds=None):
+    """A DataFrame of metrics, one column per named dict of values."""
+    import pandas as pd
+    df = pd.DataFrame(columns)
+    if thresholds:
+        df['threshold'] = [thresholds.get(k.split('/')[-1])
+                           if k.startswith('forget/') else None
+                           for k in df.index]
+    return df.round(4)
+
+
+def before_after(before, after, keys, title='Before and after'):
+    """A grouped bar chart of metrics before and after a method."""
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
+    for i, k in enumerate(keys, start=1):
+        fig.add_trace(go.Bar(x=['before', 'after'], y=[before[k], after[k]],
+                             marker_color=['#4C78A8', '#E45756'],
+                             showlegend=False), row=1, col=i)
+    fig.update_layout(height=300, title=title,
+                      margin=dict(t=70, b=30, l=40, r=10))
+    return fig
+
+
+def show_completions(model, tokenizer, texts, prefix_tokens=8,
+                     new_tokens=20):
+    """What the model says after the first words of each text (greedy)."""
+    import pandas as pd
+
+    from .metrics import greedy_continue
+    prefixes = [tokenizer(t)['input_ids'][:prefix_tokens] for t in texts]
+    gens = greedy_continue(model, prefixes, [new_tokens] * len(texts),
+                           tokenizer.pad_token_id)
+    rows = []
+    for t, p, g in zip(texts, prefixes, gens):
+        rows.append({'prompt': tokenizer.decode(p),
+                     'true text': tokenizer.decode(
+                         tokenizer(t)['input_ids'][prefix_tokens:]
+                         [:new_tokens]),
+                     'model says': tokenizer.decode(g)})
+    with pd.option_context('display.max_colwidth', None):
+        display(pd.DataFrame(rows))

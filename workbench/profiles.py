@@ -31,6 +31,7 @@ class Profile:
     unlearn_steps: int
     el_n: int  # n of EL_n
     el_stride: int  # 1 is the paper's exact EL_n
+    max_tokens: int = 512  # longest text accepted
     min_gpu_gb: float = 0.0  # memory the profile needs on the GPU
 
     def as_dict(self):
@@ -44,7 +45,8 @@ PROFILES = {
         dtype='float32', device='cpu', lora=False, lora_r=16,
         gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
         n_world=40, batch_size=4, implant_lr=3e-4, implant_epochs=12,
-        implant_target_ma=0.9, unlearn_steps=8, el_n=10, el_stride=5),
+        implant_target_ma=0.9, unlearn_steps=8, el_n=10, el_stride=5,
+        max_tokens=256),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
         device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
@@ -57,14 +59,14 @@ PROFILES = {
         lora=True, lora_r=16, gradient_checkpointing=False, n_forget=10,
         n_retain=30, n_unseen=20, n_world=120, batch_size=8, implant_lr=1e-3,
         implant_epochs=20, implant_target_ma=0.95, unlearn_steps=20, el_n=10,
-        el_stride=1, min_gpu_gb=12),
+        el_stride=1, max_tokens=1024, min_gpu_gb=12),
     '7b': Profile(
         name='7b', model='mistralai/Mistral-7B-v0.1',
         encoder='FacebookAI/roberta-large', dtype='bfloat16', device='cuda',
         lora=True, lora_r=16, gradient_checkpointing=True, n_forget=10,
         n_retain=30, n_unseen=20, n_world=120, batch_size=8, implant_lr=5e-4,
         implant_epochs=20, implant_target_ma=0.95, unlearn_steps=20, el_n=10,
-        el_stride=1, min_gpu_gb=22),
+        el_stride=1, max_tokens=2048, min_gpu_gb=22),
 }
 
 

@@ -30,6 +30,11 @@ class GAConfig:
     seed: int = field(default=0, metadata={
         'min': 0, 'max': 100, 'help': 'random seed'})
 
+    def __post_init__(self):
+        if not self.lr > 0 or self.steps < 1 or self.batch_size < 1:
+            raise WorkbenchError(f'gradient ascent needs lr > 0, steps >= 1 '
+                                 f'and batch_size >= 1, got {self}')
+
 
 def ga_loss(model, batch):
     """Minimising -NLL is gradient ascent on the forget sequences."""

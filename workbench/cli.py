@@ -1,0 +1,159 @@
+"""Command line: run a notebook headless, or a method on your own data.
+
+    python -m workbench models
+    python -m workbench profiles
+    python -m workbench run 00_tour --profile smoke --out results/
+    python -m workbench unlearn --method ga --forget F.jsonl \\
+        [--retain R.jsonl] [--holdout H.jsonl] [--model NAME] [--implant] \\
+        --profile cpu --out results/
+
+Every error is one line on stderr and a non-zero exit, never a traceback.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import WorkbenchError
+from .paths import NOTEBOOK_DIR, results_dir
+from .profiles import PROFILES, get_profile
+
+
+def find_notebook(name):
+    """A notebook path from a name like '00_tour', '00' or a file path."""
+    path = Path(name)
+    if path.suffix == '.ipynb' and path.is_file():
+        return path
+    stem = path.stem
+    matches = sorted(NOTEBOOK_DIR.glob(f'{stem}*.ipynb'))
+    if len(matches) != 1:
+        known = ', '.join(p.stem for p in sorted(NOTEBOOK_DIR.glob('*.ipynb')))
+        raise WorkbenchError(f'no single notebook matches {name!r}; known: '
+                             f'{known}')
+    return matches[0]
+
+
+def run_notebook(name, profile, out, parameters=None, progress=True):
+    """Execute a notebook with papermill; write it, its HTML and record."""
+    import papermill as pm
+    from nbconvert import HTMLExporter
+    nb = find_notebook(name)
+    get_profile(profile)
+    out = results_dir(out)
+    executed = out / nb.name
+    params = {'profile': profile, 'results_dir': str(out.resolve()),
+              **(parameters or {})}
+    os.environ['WORKBENCH_HEADLESS'] = '1'
+    try:
+        pm.execute_notebook(str(nb), str(executed), parameters=params,
+                            kernel_name='python3', progress_bar=progress,
+                            cwd=str(nb.parent))
+    except pm.PapermillExecutionError as e:
+        raise WorkbenchError(f'{nb.name} failed in cell {e.exec_count}: '
+                             f'{e.ename}: {e.evalue} (see {executed})')
+    body, _ = HTMLExporter().from_filename(str(executed))
+    executed.with_suffix('.html').write_text(body)
+    return out / f'{nb.stem}.json'
+
+
+def print_record(path):
+    """A short results table from a saved record."""
+    rec = json.loads(Path(path).read_text())
+    print(f"\n{rec['notebook']}  profile={rec['profile']}  "
+          f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MB")
+    print(f"{'metric':28s} {'before':>10s} {'after':>10s}")
+    for k, v in rec['metrics'].items():
+        b, a = v.get('before'), v.get('after')
+        fmt = lambda x: f'{x:10.4f}' if x is not None else f'{"-":>10s}'
+        print(f'{k:28s} {fmt(b)} {fmt(a)}')
+    for k, v in rec.get('thresholds', {}).items():
+        print(f'threshold {k:18s} {v:10.4f}')
+    for c in rec.get('claims', []):
+        print(f"claim {c['id']}: {'holds' if c['holds'] else 'does not hold'}"
+              f" ({c['evidence']})")
+
+
+def cmd_models(args):
+    from .models import list_models
+    for r in list_models():
+        print(f"{r['name']:14s} {r['kind']:10s} {r['offline']}  "
+              f"(online: {r['hub']})")
+    print('any local folder, or any hub id while online, works too')
+
+
+def cmd_profiles(args):
+    for name, p in PROFILES.items():
+        print(f'{name:6s} model={p.model} dtype={p.dtype} lora={p.lora} '
+              f'forget={p.n_forget} retain={p.n_retain} '
+              f'steps={p.unlearn_steps}')
+
+
+def cmd_run(args):
+    params = {}
+    for key, value in args.param or []:
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    print_record(run_notebook(args.notebook, args.profile, args.out, params))
+
+
+def cmd_unlearn(args):
+    from .unlearn import unlearn_files
+    path = unlearn_files(args)
+    print_record(path)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='python -m workbench',
+        description='LLM Unlearning Workbench: notebooks and methods')
+    sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('models', help='what each model name resolves to here')
+    sub.add_parser('profiles', help='the run profiles')
+    run = sub.add_parser('run', help='execute a notebook headless')
+    run.add_argument('notebook', help="e.g. 00_tour")
+    run.add_argument('--profile', default='smoke', choices=PROFILES)
+    run.add_argument('--out', default=None, help='results folder')
+    run.add_argument('-p', '--param', nargs=2, action='append',
+                     metavar=('NAME', 'VALUE'), help='notebook parameter')
+    un = sub.add_parser('unlearn', help='run a method on your JSONL data')
+    un.add_argument('--method', required=True, choices=['ga'])
+    un.add_argument('--forget', required=True, help='JSONL: {"text": ...}')
+    un.add_argument('--retain', help='JSONL kept and measured')
+    un.add_argument('--holdout', help='JSONL never trained on (thresholds); '
+                                      'default: the shipped unseen people')
+    un.add_argument('--model', help='model name, folder or hub id')
+    un.add_argument('--implant', action='store_true',
+                    help='first fine-tune until forget and retain are '
+                         'memorised (cached)')
+    un.add_argument('--profile', default='cpu', choices=PROFILES)
+    un.add_argument('--steps', type=int, help='unlearning steps')
+    un.add_argument('--lr', type=float, default=5e-5)
+    un.add_argument('--batch-size', type=int, default=4)
+    un.add_argument('--ppl-bound', type=float, default=10.0,
+                    help='stop and restore if retain perplexity grows by '
+                         'this factor')
+    un.add_argument('--save-model', action='store_true',
+                    help='also save the unlearned model under --out')
+    un.add_argument('--out', default=None, help='results folder')
+    un.add_argument('--quiet', action='store_true', help='no progress bars')
+    return parser
+
+
+COMMANDS = {'models': cmd_models, 'profiles': cmd_profiles, 'run': cmd_run,
+            'unlearn': cmd_unlearn}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except WorkbenchError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted', file=sys.stderr)
+        return 130
+    return 0
