@@ -23,6 +23,12 @@ def is_headless():
     return os.environ.get('WORKBENCH_HEADLESS', '') == '1'
 
 
+if is_headless():
+    # figures also as self-contained HTML, so the exported copy shows them
+    import plotly.io as pio
+    pio.renderers.default = 'plotly_mimetype+notebook'
+
+
 def _widget_for(f, value):
     """A widget for one dataclass field, from its type and metadata."""
     meta, desc = f.metadata, f.name

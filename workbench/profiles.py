@@ -50,9 +50,9 @@ PROFILES = {
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
         device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
-        n_forget=8, n_retain=16, n_unseen=20, n_world=120, batch_size=4,
-        implant_lr=2e-3, implant_epochs=20, implant_target_ma=0.95,
-        unlearn_steps=15, el_n=10, el_stride=2),
+        n_forget=8, n_retain=8, n_unseen=12, n_world=60, batch_size=4,
+        implant_lr=3e-3, implant_epochs=20, implant_target_ma=0.9,
+        unlearn_steps=12, el_n=10, el_stride=2),
     'gpu': Profile(
         name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
         encoder='FacebookAI/roberta-base', dtype='bfloat16', device='cuda',

@@ -3,13 +3,20 @@
 A method supplies a loss function `loss_fn(model, batch)`; the loop does the
 rest: optimizer, gradient accumulation, an event per step for live figures
 (`callbacks`), evaluation every `eval_every` steps, a stopping rule, a
-progress bar, and a divergence guard. When the loss turns NaN/inf or a
-guarded metric (retain perplexity, by default) passes its bound, the loop
-stops, restores the last good weights and says so; an interrupt (the stop
-button in Jupyter) restores them too, so model and record stay consistent.
+progress bar, and a divergence guard:
+- a NaN/inf loss or gradient is caught before the optimizer applies it, so
+  the weights stay those of the last good step;
+- a guarded metric (retain perplexity, by default) past its bound stops the
+  run and restores the weights of the last evaluation within the bound;
+- an interrupt (Jupyter's stop button) is held back while the optimizer
+  writes the weights, so the model is always that of a completed step, the
+  last one in the events.
 """
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +81,22 @@ def token_nll(model, batch):
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
+@contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C (Jupyter's stop button) until the block has finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def make_optimizer(params, config):
     """The optimizer `config` names, over the trainable parameters."""
     params = [p for p in params if p.requires_grad]
@@ -103,7 +126,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     torch.manual_seed(config.seed)
     opt = make_optimizer(model.parameters(), config)
     result = TrainResult('completed', 0)
-    good = trainable_state(model)
+    good = None  # weights of the last evaluation within the guard's bound
     start = time.perf_counter()
 
     def emit(event):
@@ -113,7 +136,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
             cb(event)
 
     def run_eval(step):
-        """Evaluate; return a reason to stop (diverged/stopped) or None."""
+        """Evaluate; return (status, message, restore) to stop, or None."""
         nonlocal good
         was_training = model.training
         model.eval()
@@ -123,12 +146,14 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
         value = metrics.get(config.guard_key)
         if value is not None and not value <= config.guard_bound:
             return 'diverged', (f'{config.guard_key} = {value:.4g} passed '
-                                f'the bound {config.guard_bound:.4g}')
+                                f'the bound {config.guard_bound:.4g}; '
+                                f'restored the weights of the last good '
+                                f'evaluation'), good is not None
         good = trainable_state(model)
         if should_stop is not None:
             reason = should_stop(metrics)
             if reason:
-                return 'stopped', reason
+                return 'stopped', reason, False
         return None
 
     bar = tqdm(total=config.steps, desc=config.desc, leave=False,
@@ -149,16 +174,17 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                     parts[k] = parts.get(k, 0.0) + float(v) / config.grad_accum
             if not math.isfinite(total):
                 verdict = 'diverged', f'the loss became {total} at step ' \
-                                      f'{step + 1}'
+                                      f'{step + 1}; not applied', False
                 break
             norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad],
                 config.max_grad_norm or float('inf'))
             if not torch.isfinite(norm):
                 verdict = 'diverged', f'the gradient became {norm.item()} ' \
-                                      f'at step {step + 1}'
+                                      f'at step {step + 1}; not applied', False
                 break
-            opt.step()
+            with deferred_interrupt():
+                opt.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f'{total:.3f}')
@@ -168,17 +194,15 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
             if evaluate and ((config.eval_every and
                               step % config.eval_every == 0) or at_end):
                 verdict = run_eval(step)
-            elif not evaluate:
-                good = trainable_state(model)
     except KeyboardInterrupt:
-        verdict = 'interrupted', 'interrupted by the user'
+        verdict = 'interrupted', f'interrupted by the user; the model is ' \
+                                 f'as after step {step}', False
     finally:
         bar.close()
         model.eval()
     result.steps = step
     if verdict:
-        result.status, result.message = verdict
-        if result.status in ('diverged', 'interrupted') and good is not None:
+        result.status, result.message, restore = verdict
+        if restore:
             load_trainable_state(model, good)
-            result.message += '; restored the last good weights'
     return result

@@ -8,6 +8,7 @@ separated by spaces (|R| = 10**6). Each canary is meant to be inserted
     python data/canaries/make_canaries.py
 """
 import json
+import sys
 import random
 from pathlib import Path
 
@@ -28,9 +29,10 @@ PREFIXES = [
 REPETITIONS = [1, 5, 10]
 
 
-def main():
+def main(out=None):
+    """Write the data set (next to this script unless `out` is given)."""
     rng = random.Random(SEED)
-    out = Path(__file__).with_name('canaries.jsonl')
+    out = Path(out or Path(__file__).with_name('canaries.jsonl'))
     with out.open('w') as f:
         for i, prefix in enumerate(PREFIXES):
             secret = ' '.join(str(rng.randrange(10)) for _ in range(DIGITS))
@@ -43,4 +45,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(*sys.argv[1:])

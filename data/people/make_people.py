@@ -5,6 +5,7 @@ Every person is made up by Faker (seed 0). Run from anywhere:
     python data/people/make_people.py
 """
 import json
+import sys
 import random
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def qa_pairs(p, fake, rng):
     return out
 
 
-def main():
+def main(out=None):
+    """Write the data set (next to this script unless `out` is given)."""
     Faker.seed(SEED)
     fake = Faker('en_US')
     rng = random.Random(SEED)
@@ -104,7 +106,7 @@ def main():
                          'text': text, 'spans': spans,
                          'qa': qa_pairs(p, fake, rng)})
             i += 1
-    out = Path(__file__).with_name('people.jsonl')
+    out = Path(out or Path(__file__).with_name('people.jsonl'))
     with out.open('w') as f:
         for r in rows:
             f.write(json.dumps(r) + '\n')
@@ -112,4 +114,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(*sys.argv[1:])

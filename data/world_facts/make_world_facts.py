@@ -6,6 +6,7 @@ scoring; the order of the choices is shuffled with a fixed seed.
     python data/world_facts/make_world_facts.py
 """
 import json
+import sys
 import random
 from pathlib import Path
 
@@ -232,9 +233,10 @@ FACTS = [
 ]
 
 
-def main():
+def main(out=None):
+    """Write the data set (next to this script unless `out` is given)."""
     rng = random.Random(SEED)
-    out = Path(__file__).with_name('world_facts.jsonl')
+    out = Path(out or Path(__file__).with_name('world_facts.jsonl'))
     with out.open('w') as f:
         for i, (q, a, *wrong) in enumerate(FACTS):
             choices = [a, *wrong]
@@ -246,4 +248,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(*sys.argv[1:])

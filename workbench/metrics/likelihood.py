@@ -20,7 +20,7 @@ def _device(model):
 
 
 @torch.no_grad()
-def token_stats(model, input_ids, attention_mask=None, batch_size=16,
+def token_stats(model, input_ids, attention_mask=None, batch_size=8,
                 vocab_stats=False):
     """Per-position statistics of next-token prediction, in batches.
 
@@ -51,14 +51,14 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=16,
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 
-def sequence_nll(model, input_ids, attention_mask=None, batch_size=16):
+def sequence_nll(model, input_ids, attention_mask=None, batch_size=8):
     """Mean negative log-likelihood per token of each sequence, (B,)."""
     s = token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def perplexity(model, input_ids, attention_mask=None, batch_size=16):
+def perplexity(model, input_ids, attention_mask=None, batch_size=8):
     """Corpus perplexity: exp of the mean NLL over all real tokens."""
     s = token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
@@ -137,7 +137,7 @@ def exposure(model, tokenizer, prefix, secret, digits=None,
     texts[1:] = [f'{prefix} {c}.' for c in texts[1:]]
     enc = tokenizer(texts, return_tensors='pt', padding=True)
     s = token_stats(model, enc['input_ids'], enc['attention_mask'],
-                    batch_size=64)
+                    batch_size=32)
     nll = -(s['logprob'] * s['mask']).sum(1)  # total NLL of each canary
     lower = (nll[1:] <= nll[0]).float().mean().item()
     rank = 1 + lower * (space - 1)

@@ -1,0 +1,79 @@
+"""Shared test fixtures: hand-built models with known answers, and a tiny
+randomly initialised model of SmolLM2's architecture."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+class SuccessorLM(torch.nn.Module):
+    """Predicts token k+1 after token k, with near certainty.
+
+    A sequence 0, 1, 2, ... is therefore perfectly memorised (MA = EL = 1),
+    and any other sequence scores exactly what can be worked out by hand.
+    """
+
+    def __init__(self, vocab=50, sharpness=20.0):
+        super().__init__()
+        self.vocab, self.sharpness = vocab, sharpness
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(pad_token_id=0)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=False, **kwargs):
+        nxt = (input_ids + 1) % self.vocab
+        logits = torch.nn.functional.one_hot(nxt, self.vocab).float()
+        return SimpleNamespace(logits=logits * self.sharpness + self.dummy,
+                               past_key_values=None)
+
+
+class UniformLM(SuccessorLM):
+    """Every token equally likely: perplexity equals the vocabulary size."""
+
+    def forward(self, input_ids, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+def tiny_llama(vocab=64, seed=0):
+    """A randomly initialised two-layer model of SmolLM2's architecture."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def successor():
+    return SuccessorLM()
+
+
+@pytest.fixture
+def tiny():
+    return tiny_llama()
+
+
+@pytest.fixture(scope='session')
+def smol_tokenizer():
+    from workbench.models import load_tokenizer
+    return load_tokenizer('smollm2-135m')
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, smol_tokenizer):
+    """A local folder holding a tiny model with SmolLM2's tokenizer."""
+    model = tiny_llama(vocab=len(smol_tokenizer))
+    model.save_pretrained(tmp_path / 'tiny')
+    smol_tokenizer.save_pretrained(tmp_path / 'tiny')
+    return str(tmp_path / 'tiny')
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty workbench cache for this test."""
+    monkeypatch.setenv('WORKBENCH_CACHE', str(tmp_path / 'cache'))
+    return tmp_path / 'cache'

@@ -1,0 +1,108 @@
+"""The command line: bad input is one clear line and a non-zero exit."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from workbench.cli import main
+
+
+def run_cli(capsys, *args):
+    rc = main(list(args))
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+@pytest.fixture
+def files(tmp_path):
+    paths = {
+        'empty': '',
+        'bad': '{"text": "ok"}\nnot json\n',
+        'notext': '{"title": "x"}\n',
+        'long': json.dumps({'text': 'word ' * 800}) + '\n',
+        'badspan': json.dumps({'text': 'abc', 'spans': [[2, 9]]}) + '\n',
+    }
+    for name, body in paths.items():
+        (tmp_path / f'{name}.jsonl').write_text(body)
+    return tmp_path
+
+
+@pytest.mark.parametrize('name, message', [
+    ('empty', 'is empty'),
+    ('bad', ':2: not valid JSON'),
+    ('notext', ':1: each line needs a non-empty "text"'),
+    ('long', 'longer than the'),
+    ('badspan', 'span [2, 9] is not'),
+    ('missing', 'does not exist'),
+])
+def test_bad_forget_files(files, capsys, name, message):
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'ga', '--forget',
+                      str(files / f'{name}.jsonl'), '--profile', 'smoke')
+    assert rc == 2
+    assert err.startswith('error: ') and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unknown_model_offline(files, capsys, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    (files / 'ok.jsonl').write_text('{"text": "hello"}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'ga', '--forget',
+                      str(files / 'ok.jsonl'), '--model', 'nobody/nothing')
+    assert rc == 2 and 'not a local folder' in err
+
+
+def test_7b_without_gpu(files, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    (files / 'ok.jsonl').write_text('{"text": "hello"}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'ga', '--forget',
+                      str(files / 'ok.jsonl'), '--profile', '7b')
+    assert rc == 2 and 'needs a CUDA GPU' in err
+
+
+def test_unknown_notebook(capsys):
+    rc, err = run_cli(capsys, 'run', '99_nothing')
+    assert rc == 2 and 'no single notebook matches' in err
+
+
+def test_models_and_profiles_list(capsys):
+    assert main(['models']) == 0
+    out = capsys.readouterr().out
+    assert 'smollm2-135m' in out and 'minilm' in out
+    assert main(['profiles']) == 0
+    assert 'smoke' in capsys.readouterr().out
+
+
+def test_no_traceback_from_the_real_process(files):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'workbench', 'unlearn', '--method', 'ga',
+         '--forget', str(files / 'bad.jsonl')],
+        capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().startswith('error: ')
+
+
+@pytest.mark.notebooks
+def test_unlearn_own_data_end_to_end(tmp_path, tiny_model_dir, cache,
+                                     capsys):
+    """`unlearn --implant` on a user's files writes a record whose forget
+    MA fell."""
+    forget = tmp_path / 'f.jsonl'
+    forget.write_text('\n'.join(json.dumps({'text': t}) for t in [
+        'Ada Quill was born on May 2, 1961 in Port Avon.',
+        'Bram Okoro works at Lindqvist and Sons as a welder.']) + '\n')
+    retain = tmp_path / 'r.jsonl'
+    retain.write_text(json.dumps(
+        {'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}) + '\n')
+    rc = main(['unlearn', '--method', 'ga', '--forget', str(forget),
+               '--retain', str(retain), '--model', tiny_model_dir,
+               '--implant', '--profile', 'smoke', '--lr', '1e-2',
+               '--steps', '6', '--out', str(tmp_path / 'out'), '--quiet'])
+    assert rc == 0
+    rec = json.loads((tmp_path / 'out' / 'unlearn_ga.json').read_text())
+    ma = rec['metrics']['forget/MA']
+    assert ma['after'] < ma['before'] - 0.2
+    assert {'EL_10', 'MA'} <= set(rec['thresholds'])

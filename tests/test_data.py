@@ -1,0 +1,58 @@
+"""The shipped data sets: reproducible, well formed, fictitious."""
+import importlib.util
+import json
+
+import pytest
+
+from workbench import data
+from workbench.paths import DATA_DIR
+
+SETS = {'people': 'make_people', 'world_facts': 'make_world_facts',
+        'canaries': 'make_canaries'}
+
+
+@pytest.mark.parametrize('name', SETS)
+def test_generator_reproduces_the_file(name, tmp_path):
+    script = DATA_DIR / name / f'{SETS[name]}.py'
+    spec = importlib.util.spec_from_file_location(SETS[name], script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path / 'out.jsonl')
+    shipped = DATA_DIR / data.SETS[name]
+    assert (tmp_path / 'out.jsonl').read_bytes() == shipped.read_bytes()
+    assert (DATA_DIR / name / 'README.md').exists()
+
+
+def test_people_spans_and_splits():
+    rows = [dict(r) for r in data.load('people')]
+    assert {r['split'] for r in rows} == {'forget', 'retain', 'unseen'}
+    for r in rows:
+        assert r['spans'] and all(r['text'][s:e] for s, e, _ in r['spans'])
+        assert r['text'][r['spans'][0][0]:r['spans'][0][1]] in r['text']
+        assert any(k == 'name' and r['text'][s:e] == r['name']
+                   for s, e, k in r['spans'])
+        for qa in r['qa']:
+            assert len(qa['perturbed_answers']) == 3
+            assert qa['paraphrased_answer'] not in qa['perturbed_answers']
+    assert len(data.people('forget', 4)) == 4
+
+
+def test_world_facts():
+    facts = data.world_facts()
+    assert len(facts) >= 100
+    assert all(f['choices'][f['label']] == f['answer'] for f in facts)
+    assert len({f['question'] for f in facts}) == len(facts)
+
+
+def test_canaries_match_their_space():
+    for c in data.load('canaries'):
+        digits = c['secret'].split()
+        assert len(digits) == c['digits'] and all(d.isdigit() for d in digits)
+        assert c['text'] == f"{c['prefix']} {c['secret']}."
+
+
+def test_read_jsonl_accepts_spans_and_qa(tmp_path):
+    p = tmp_path / 'x.jsonl'
+    p.write_text(json.dumps({'text': 'Ann Lee', 'spans': [[0, 3]],
+                             'question': 'Who?', 'answer': 'Ann'}) + '\n\n')
+    assert data.read_jsonl(p)[0]['spans'] == [[0, 3]]

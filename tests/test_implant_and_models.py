@@ -1,0 +1,104 @@
+"""Model resolution, the reference model, the implant cache, and gradient
+ascent on a tiny model of SmolLM2's architecture."""
+import pytest
+import torch
+
+from workbench import WorkbenchError, models
+from workbench.data import tokenize
+from workbench.implant import implant
+from workbench.metrics import memorization_accuracy
+from workbench.methods import ga
+from workbench.profiles import get_profile
+
+TEXTS = ['Ada Quill was born on May 2, 1961 in Port Avon.',
+         'Bram Okoro works at Lindqvist and Sons as a welder.']
+
+
+def tiny_profile(model_dir, **kw):
+    return get_profile('smoke', model=model_dir, implant_lr=1e-2,
+                       implant_epochs=40, implant_target_ma=0.9,
+                       batch_size=2, **kw)
+
+
+def test_bundled_models_resolve_offline(monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    assert models.resolve('smollm2-135m').source == 'bundled'
+    assert models.resolve('minilm').source == 'bundled'
+
+
+def test_unknown_model_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with pytest.raises(WorkbenchError, match='not a local folder'):
+        models.resolve('someone/never-heard-of')
+
+
+def test_7b_profile_refuses_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(WorkbenchError, match='needs a CUDA GPU'):
+        models.check_gpu_memory(get_profile('7b'))
+
+
+def test_lora_reference_is_the_original_without_a_copy(tiny):
+    ids = torch.randint(1, 64, (2, 8))
+    original = tiny(input_ids=ids).logits
+    peft = models.add_lora(tiny, r=4)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if 'lora_B' in name:
+                p.fill_(0.1)
+    assert not torch.allclose(peft(input_ids=ids).logits, original)
+    with models.reference(peft) as ref:
+        assert torch.allclose(ref(input_ids=ids).logits, original)
+
+
+def test_full_finetuning_keeps_a_frozen_reference(tiny):
+    prepared = models.prepare(tiny, get_profile('smoke'))
+    with models.reference(prepared) as ref:
+        assert ref is not prepared
+        assert not any(p.requires_grad for p in ref.parameters())
+
+
+def test_implant_caches_and_rebuilds_corrupted_entries(tiny_model_dir, cache,
+                                                       capsys):
+    profile = tiny_profile(tiny_model_dir)
+    m1, tok, info = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    assert not info['cached'] and info['MA'] >= 0.9
+    m2, _, info2 = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    assert info2['cached']
+    assert all(torch.equal(a, b) for a, b in
+               zip(m1.state_dict().values(), m2.state_dict().values()))
+    data = tokenize(tok, TEXTS)
+    ma = memorization_accuracy(m2, data['input_ids'], data['attention_mask'])
+    assert ma.mean().item() >= 0.9
+    # corrupt the weights on disk: detected and rebuilt
+    path = cache / 'implant'
+    weights = next(path.glob('*/model.safetensors'))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _, _, info3 = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    assert not info3['cached']
+    assert 'corrupted' in capsys.readouterr().out
+
+
+def test_gradient_ascent_removes_what_was_implanted(tiny_model_dir, cache):
+    profile = tiny_profile(tiny_model_dir)
+    model, tok, _ = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    forget = tokenize(tok, TEXTS[:1])
+    before = memorization_accuracy(model, **forget).item()
+    trainable = models.prepare(model, profile)
+    res = ga.unlearn(trainable, forget, ga.GAConfig(lr=1e-2, steps=5),
+                     progress=False)
+    after = memorization_accuracy(trainable, **forget).item()
+    assert res.status == 'completed'
+    assert before >= 0.8 and after < before - 0.3
+
+
+def test_never_learned_forget_set_is_refused():
+    with pytest.raises(WorkbenchError, match='never learned'):
+        ga.check_learned([0.2, 0.25], threshold_ma=0.3)
+    assert ga.check_learned([0.2, 0.9], threshold_ma=0.3) == [1]
+
+
+def test_bad_ga_config_is_refused():
+    with pytest.raises(WorkbenchError):
+        ga.GAConfig(lr=-1.0)

@@ -1,0 +1,40 @@
+"""Widget panels and live figures, exercised without a browser."""
+from workbench import live
+from workbench.methods.ga import GAConfig
+
+
+def test_panel_builds_sliders_from_the_config_and_runs():
+    seen = []
+    p = live.panel(GAConfig(lr=1e-4, steps=3), lambda c: seen.append(c) or 7)
+    assert set(p.controls) == {'lr', 'steps', 'batch_size', 'seed'}
+    assert abs(p.controls['lr'].value - 1e-4) < 1e-12
+    p.controls['steps'].value = 5
+    assert p.run() == 7
+    assert seen[-1].steps == 5 and isinstance(seen[-1].steps, int)
+    p.button.click()  # the Run button calls the same path
+    assert len(seen) == 2
+
+
+def test_panel_shows_errors_instead_of_losing_them():
+    def boom(config):
+        raise ValueError('bad value')
+    p = live.panel(GAConfig(), boom)
+    p.button.click()
+    assert not p.button.disabled
+
+
+def test_live_figure_collects_events():
+    fig = live.LiveFigure({'loss': ['loss'], 'MA': ['forget/MA',
+                                                     'retain/MA']})
+    fig.show()
+    for step in range(3):
+        fig({'step': step, 'kind': 'step', 'loss': -step})
+        fig({'step': step, 'kind': 'eval', 'forget/MA': 1 - step / 10})
+    static = fig.figure()
+    assert list(static.data[0].y) == [0, -1, -2]
+    assert list(static.data[1].y) == [1.0, 0.9, 0.8]
+    assert len(static.data[2].y) == 0
+    if fig._widget is not None:
+        assert list(fig._widget.data[1].y) == [1.0, 0.9, 0.8]
+    fig.reset()
+    assert len(fig.figure().data[0].y) == 0

@@ -1,0 +1,142 @@
+"""Every metric on hand-built cases whose value is known exactly."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SuccessorLM, UniformLM
+from workbench import metrics
+
+CHAIN = torch.arange(12)[None]  # 0, 1, ..., 11: what SuccessorLM predicts
+# x = 0 1 2 5 6: the argmax misses only at 5 (it predicts 3)
+BROKEN = torch.tensor([[0, 1, 2, 5, 6]])
+
+
+def test_copying_model_scores_one(successor):
+    assert metrics.memorization_accuracy(successor, CHAIN).item() == 1.0
+    el = metrics.extraction_likelihood(successor, CHAIN, n=3)
+    assert el.item() == pytest.approx(1.0)
+    assert metrics.extraction_strength(successor, CHAIN).item() == 1.0
+
+
+def test_ma_by_hand(successor):
+    # targets 1, 2, 5, 6: predicted 1, 2, 3, 6 -> 3 of 4
+    assert metrics.memorization_accuracy(successor, BROKEN).item() == 0.75
+
+
+def test_el_by_hand(successor):
+    # n = 2, prefixes t = 1..3 (T - n = 3):
+    # t=1: [1 2 3 4] vs [1 2 5 6] -> (1,2) of 3 bigrams = 1/3
+    # t=2: [2 3 4] vs [2 5 6] -> 0;  t=3: [3 4] vs [5 6] -> 0
+    el = metrics.extraction_likelihood(successor, BROKEN, n=2)
+    assert el.item() == pytest.approx(1 / 9)
+
+
+def test_es_by_hand(successor):
+    # hits T T F T: the all-correct suffix starts at k = 3 of L = 4
+    assert metrics.extraction_strength(successor, BROKEN).item() == 0.25
+
+
+def test_overlap_counts_prediction_ngrams_found_in_truth():
+    assert metrics.overlap([1, 2, 1, 2], [1, 2, 3, 4], 2) == 2 / 3
+    assert metrics.overlap([9, 9], [1, 2], 2) == 0.0
+
+
+def test_padding_is_ignored(successor):
+    ids = torch.tensor([[0, 1, 2, 5, 6, 0, 0], [3, 4, 5, 6, 7, 8, 9]])
+    mask = torch.tensor([[1] * 5 + [0, 0], [1] * 7])
+    ma = metrics.memorization_accuracy(successor, ids, mask)
+    assert ma.tolist() == [0.75, 1.0]
+    el = metrics.extraction_likelihood(successor, ids, 2, attention_mask=mask)
+    assert el.tolist() == pytest.approx([1 / 9, 1.0])
+
+
+@pytest.mark.parametrize('stride', [1, 3])
+def test_fast_el_equals_naive_loop(tiny, stride):
+    torch.manual_seed(1)
+    ids = torch.randint(1, 64, (3, 24))
+    ids[1, 5:] = ids[1, 5:].sort().values  # some structure
+    mask = torch.ones_like(ids)
+    mask[2, 18:] = 0
+    fast = metrics.extraction_likelihood(tiny, ids, 2, stride, mask)
+    naive = metrics.extraction_likelihood_naive(tiny, ids, 2, stride, mask)
+    assert torch.equal(fast, naive)
+
+
+def test_greedy_continue_ignores_eos_and_padding(successor):
+    out = metrics.greedy_continue(successor, [[3], [7, 8, 9]], [4, 2])
+    assert out == [[4, 5, 6, 7], [10, 11]]
+
+
+def test_perplexity_of_uniform_model_is_vocab_size():
+    ids = torch.randint(0, 50, (2, 10))
+    assert metrics.perplexity(UniformLM(50), ids) == pytest.approx(50)
+
+
+@pytest.mark.parametrize('attack', ['loss', 'zlib', 'min_k', 'min_k++'])
+def test_mia_separates_memorised_from_random(successor, attack):
+    torch.manual_seed(0)
+    forget = torch.stack([torch.arange(s, s + 16) % 50 for s in range(6)])
+    holdout = torch.randint(0, 50, (6, 16))
+    f = {'input_ids': forget, 'attention_mask': torch.ones_like(forget),
+         'texts': ['chain text'] * 6}
+    h = {'input_ids': holdout, 'attention_mask': torch.ones_like(holdout),
+         'texts': ['random text'] * 6}
+    assert metrics.mia_auc(successor, f, h, attack) == 1.0
+    # the same data on both sides: no better than chance
+    assert metrics.mia_auc(successor, f, f, attack) == 0.5
+
+
+class SixLover(torch.nn.Module):
+    """Puts extra probability on one token (the digit 6) everywhere."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.six = tokenizer('6')['input_ids'][-1]
+        self.vocab = len(tokenizer)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
+        logits[..., self.six] = 5.0
+        from types import SimpleNamespace
+        return SimpleNamespace(logits=logits)
+
+
+def test_exposure(smol_tokenizer):
+    model = SixLover(smol_tokenizer)
+    top = metrics.exposure(model, smol_tokenizer, 'PIN', '6 6 6 6 6 6',
+                           n_candidates=100)
+    assert top == pytest.approx(math.log2(10 ** 6))
+    flat = metrics.exposure(UniformLM(len(smol_tokenizer)), smol_tokenizer,
+                            'PIN', '1 2 3 4 5 6', n_candidates=100)
+    assert flat == pytest.approx(0.0, abs=1e-9)
+
+
+def test_truth_ratio_aggregates():
+    assert metrics.truth_ratio([0.5, 2.0], forget=True) == pytest.approx(0.5)
+    assert metrics.truth_ratio([0.5, 2.0], forget=False) == \
+        pytest.approx(0.25)
+
+
+def test_forget_quality_model_utility_privleak():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    assert metrics.forget_quality(a, a) == pytest.approx(1.0)
+    assert metrics.forget_quality(a, a + 3) < 1e-10
+    assert metrics.model_utility([0.5, 1.0]) == pytest.approx(2 / 3)
+    assert metrics.privleak(0.6, 0.5) == pytest.approx(20.0)
+
+
+def test_truth_ratios_of_uniform_model_are_one(smol_tokenizer):
+    qa = [{'question': 'Q?', 'paraphrased_answer': 'a b c',
+           'perturbed_answers': ['a b d', 'a b e']}]
+    r = metrics.truth_ratios(UniformLM(len(smol_tokenizer)), smol_tokenizer,
+                             qa)
+    assert r == pytest.approx([1.0], rel=1e-4)
+
+
+def test_rouge_l_recall():
+    r = metrics.rouge_l_recall(['the cat sat', 'dog'], ['the cat sat', 'a cat'])
+    assert r.tolist() == [1.0, 0.0]

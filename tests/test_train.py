@@ -1,0 +1,100 @@
+"""The training loop: it trains, stops, guards, restores, and repeats."""
+import math
+
+import torch
+
+from conftest import tiny_llama
+from workbench.models import trainable_state
+from workbench.train import TrainConfig, token_nll, train
+
+IDS = torch.randint(1, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+BATCH = {'input_ids': IDS, 'attention_mask': torch.ones_like(IDS)}
+
+
+def forever(batch):
+    while True:
+        yield batch
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_falls_and_events_flow():
+    model, events = tiny_llama(), []
+    cfg = TrainConfig(lr=1e-2, steps=30, progress=False)
+    res = train(model, token_nll, forever(BATCH), cfg, [events.append])
+    assert res.status == 'completed' and res.steps == 30
+    losses = [e['loss'] for e in events if e['kind'] == 'step']
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+
+
+def test_same_seed_same_weights():
+    runs = []
+    for _ in range(2):
+        model = tiny_llama()
+        train(model, token_nll, forever(BATCH),
+              TrainConfig(lr=1e-2, steps=5, progress=False))
+        runs.append(trainable_state(model))
+    assert same(*runs)
+
+
+def test_nan_loss_stops_and_restores():
+    model, calls = tiny_llama(), []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        loss = token_nll(m, batch)
+        return loss * math.nan if len(calls) == 4 else loss
+
+    snapshots = []
+    cfg = TrainConfig(lr=1e-2, steps=10, progress=False)
+    res = train(model, loss_fn, forever(BATCH), cfg,
+                [lambda e: snapshots.append(trainable_state(model))])
+    assert res.status == 'diverged' and res.steps == 3
+    assert 'not applied' in res.message
+    assert same(trainable_state(model), snapshots[-1])
+
+
+def test_guard_bound_restores_last_good_evaluation():
+    model = tiny_llama()
+
+    def evaluate(m):
+        return {'retain/perplexity': math.exp(token_nll(m, BATCH).item())}
+
+    # gradient ascent with a big step: perplexity explodes past the bound
+    cfg = TrainConfig(lr=5e-2, steps=20, progress=False,
+                      guard_bound=2 * math.exp(token_nll(model,
+                                                         BATCH).item()))
+    res = train(model, lambda m, b: -token_nll(m, b), forever(BATCH), cfg,
+                evaluate=evaluate)
+    assert res.status == 'diverged' and res.steps < 20
+    final = math.exp(token_nll(model, BATCH).item())
+    assert final <= cfg.guard_bound
+
+
+def test_interrupt_restores_a_consistent_model():
+    model, calls = tiny_llama(), []
+    states = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return token_nll(m, batch)
+
+    cfg = TrainConfig(lr=1e-2, steps=10, progress=False)
+    res = train(model, loss_fn, forever(BATCH), cfg,
+                [lambda e: states.append(trainable_state(model))])
+    assert res.status == 'interrupted' and res.steps == 2
+    assert same(trainable_state(model), states[-1])
+
+
+def test_should_stop_ends_early():
+    model = tiny_llama()
+    cfg = TrainConfig(lr=1e-2, steps=50, progress=False)
+    res = train(model, token_nll, forever(BATCH), cfg,
+                evaluate=lambda m: {'nll': token_nll(m, BATCH).item()},
+                should_stop=lambda s: 'low' if s['nll'] < 3.5 else None)
+    assert res.status == 'stopped' and 0 < res.steps < 50
+    assert res.last('nll') < 3.5
