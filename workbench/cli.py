@@ -44,7 +44,8 @@ def run_notebook(name, profile, out, parameters=None, progress=True):
     executed = out / nb.name
     params = {'profile': profile, 'results_dir': str(out.resolve()),
               **(parameters or {})}
-    os.environ['WORKBENCH_HEADLESS'] = '1'
+    previous = os.environ.get('WORKBENCH_HEADLESS')
+    os.environ['WORKBENCH_HEADLESS'] = '1'  # the kernel inherits it
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=params,
                             kernel_name='python3', progress_bar=progress,
@@ -52,6 +53,11 @@ def run_notebook(name, profile, out, parameters=None, progress=True):
     except pm.PapermillExecutionError as e:
         raise WorkbenchError(f'{nb.name} failed in cell {e.exec_count}: '
                              f'{e.ename}: {e.evalue} (see {executed})')
+    finally:
+        if previous is None:
+            del os.environ['WORKBENCH_HEADLESS']
+        else:
+            os.environ['WORKBENCH_HEADLESS'] = previous
     body, _ = HTMLExporter().from_filename(str(executed))
     executed.with_suffix('.html').write_text(body)
     return out / f'{nb.stem}.json'
@@ -130,7 +136,8 @@ def build_parser():
                          'memorised (cached)')
     un.add_argument('--profile', default='cpu', choices=PROFILES)
     un.add_argument('--steps', type=int, help='unlearning steps')
-    un.add_argument('--lr', type=float, default=5e-5)
+    un.add_argument('--lr', type=float,
+                    help="learning rate (default: the profile's)")
     un.add_argument('--batch-size', type=int, default=4)
     un.add_argument('--ppl-bound', type=float, default=10.0,
                     help='stop and restore if retain perplexity grows by '

@@ -5,6 +5,7 @@ profile's model (cached), tokenises the splits, and measures the forgetting
 thresholds on people the model never saw. `measure(setup, model)` gives the
 numbers every notebook reports before and after a method.
 """
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ class Setup:
 
 def _thresholds(model, tokens, profile, entry):
     """Forgetting thresholds, cached beside the implanted weights."""
-    key = f'{profile.el_n}-{profile.el_stride}-{profile.n_unseen}'
+    blob = json.dumps([profile.el_n, profile.el_stride,
+                       tokens['input_ids'].tolist()]).encode()
+    key = hashlib.sha256(blob).hexdigest()[:16]
     path = Path(entry) / 'thresholds.json'
     known = json.loads(path.read_text()) if path.exists() else {}
     if key not in known:

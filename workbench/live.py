@@ -73,6 +73,12 @@ class Panel(widgets.VBox):
         super().__init__([widgets.HBox([widgets.VBox(list(
             self.controls.values())), self.button]), self.output])
 
+    def show(self):
+        """Display the panel (headless runs skip it and call `run`)."""
+        if not is_headless():
+            display(self)
+        return self
+
     def config(self):
         """The config with the widgets' current values."""
         return replace(self._config, **{k: type(getattr(self._config, k))(

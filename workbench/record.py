@@ -56,8 +56,7 @@ class Record:
     def table(self):
         """The metrics as a pandas DataFrame (before, after, change)."""
         import pandas as pd
-        rows = {k: v for k, v in self.data['metrics'].items()}
-        df = pd.DataFrame(rows).T.reindex(columns=['before', 'after'])
+        df = pd.DataFrame(self.data['metrics']).T.reindex(columns=['before', 'after'])
         df['change'] = df['after'] - df['before']
         return df.round(4)
 

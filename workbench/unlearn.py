@@ -52,7 +52,7 @@ def unlearn_files(args):
         rec.before(k, v)
     for k, v in setup.thresholds.items():
         rec.threshold(k, v)
-    config = method.GAConfig(lr=args.lr, steps=args.steps or
+    config = method.GAConfig(lr=args.lr or profile.unlearn_lr, steps=args.steps or
                              profile.unlearn_steps,
                              batch_size=args.batch_size)
     model = experiment.trainable(setup)

@@ -57,8 +57,10 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
             mask[j, width - len(prefixes[i]):] = 1
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # logits of the last position only: the full (B, T, V) tensor of a
+        # 49k vocabulary would dominate memory
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                    use_cache=True)
+                    use_cache=True, logits_to_keep=1)
         tokens = [res.logits[:, -1].argmax(-1)]
         for _ in range(steps - 1):
             mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)

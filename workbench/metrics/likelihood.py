@@ -20,7 +20,7 @@ def _device(model):
 
 
 @torch.no_grad()
-def token_stats(model, input_ids, attention_mask=None, batch_size=8,
+def token_stats(model, input_ids, attention_mask=None, batch_size=4,
                 vocab_stats=False):
     """Per-position statistics of next-token prediction, in batches.
 
@@ -51,14 +51,14 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=8,
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 
-def sequence_nll(model, input_ids, attention_mask=None, batch_size=8):
+def sequence_nll(model, input_ids, attention_mask=None, batch_size=4):
     """Mean negative log-likelihood per token of each sequence, (B,)."""
     s = token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def perplexity(model, input_ids, attention_mask=None, batch_size=8):
+def perplexity(model, input_ids, attention_mask=None, batch_size=4):
     """Corpus perplexity: exp of the mean NLL over all real tokens."""
     s = token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
