@@ -40,8 +40,9 @@ def test_bad_forget_files(files, capsys, name, message):
     rc, err = run_cli(capsys, 'unlearn', '--method', 'ga', '--forget',
                       str(files / f'{name}.jsonl'), '--profile', 'smoke')
     assert rc == 2
-    assert err.startswith('error: ') and message in err
-    assert len(err.splitlines()) == 1
+    errors = [line for line in err.splitlines() if 'error' in line.lower()]
+    assert len(errors) == 1 and 'Traceback' not in err
+    assert errors[0].startswith('error: ') and message in errors[0]
 
 
 def test_unknown_model_offline(files, capsys, monkeypatch):
@@ -99,7 +100,8 @@ def test_unlearn_own_data_end_to_end(tmp_path, tiny_model_dir, cache,
         {'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}) + '\n')
     rc = main(['unlearn', '--method', 'ga', '--forget', str(forget),
                '--retain', str(retain), '--model', tiny_model_dir,
-               '--implant', '--profile', 'smoke', '--lr', '1e-2',
+               '--implant', '--implant-lr', '1e-2', '--implant-epochs', '40',
+               '--profile', 'smoke', '--lr', '1e-2',
                '--steps', '6', '--out', str(tmp_path / 'out'), '--quiet'])
     assert rc == 0
     rec = json.loads((tmp_path / 'out' / 'unlearn_ga.json').read_text())

@@ -134,6 +134,10 @@ def build_parser():
     un.add_argument('--implant', action='store_true',
                     help='first fine-tune until forget and retain are '
                          'memorised (cached)')
+    un.add_argument('--implant-lr', type=float,
+                    help="implant learning rate (default: the profile's)")
+    un.add_argument('--implant-epochs', type=int,
+                    help="most implant epochs (default: the profile's)")
     un.add_argument('--profile', default='cpu', choices=PROFILES)
     un.add_argument('--steps', type=int, help='unlearning steps')
     un.add_argument('--lr', type=float,

@@ -1,7 +1,7 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
 import warnings
 
-from . import data, experiment, models
+from . import WorkbenchError, data, experiment, models
 from .methods import METHODS
 from .metrics import memorization_accuracy
 from .paths import results_dir
@@ -21,8 +21,10 @@ def unlearn_files(args):
     """Read, check, (implant,) unlearn, measure and record; return the
     record's path."""
     profile = get_profile(args.profile)
-    if args.model:
-        profile = get_profile(profile, model=args.model)
+    overrides = {'model': args.model, 'implant_lr': args.implant_lr,
+                 'implant_epochs': args.implant_epochs}
+    profile = get_profile(profile, **{k: v for k, v in overrides.items()
+                                      if v is not None})
     models.check_gpu_memory(profile)
     tok = models.load_tokenizer(profile.model)
     limit = _context_limit(profile.model, profile)
@@ -39,7 +41,15 @@ def unlearn_files(args):
     f = setup.tokens['forget']
     forget_ma = memorization_accuracy(setup.model, f['input_ids'],
                                       f['attention_mask']).tolist()
-    learned = method.check_learned(forget_ma, setup.thresholds['MA'])
+    try:
+        learned = method.check_learned(forget_ma, setup.thresholds['MA'])
+    except WorkbenchError as e:
+        if args.implant:
+            raise WorkbenchError(
+                f'implanting did not make the model learn the forget set '
+                f'(MA {setup.implant_info["MA"]:.3f}); raise --implant-lr '
+                f'or --implant-epochs') from e
+        raise
     if len(learned) < len(forget_ma):
         skipped = sorted(set(range(len(forget_ma))) - set(learned))
         warnings.warn(f'forget lines {[i + 1 for i in skipped]} are not '
