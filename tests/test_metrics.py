@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SuccessorLM, UniformLM
+from conftest import UniformLM
 from workbench import metrics
 
 CHAIN = torch.arange(12)[None]  # 0, 1, ..., 11: what SuccessorLM predicts
@@ -138,5 +138,6 @@ def test_truth_ratios_of_uniform_model_are_one(smol_tokenizer):
 
 
 def test_rouge_l_recall():
-    r = metrics.rouge_l_recall(['the cat sat', 'dog'], ['the cat sat', 'a cat'])
+    r = metrics.rouge_l_recall(['the cat sat', 'dog'],
+                               ['the cat sat', 'a cat'])
     assert r.tolist() == [1.0, 0.0]

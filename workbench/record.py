@@ -56,7 +56,8 @@ class Record:
     def table(self):
         """The metrics as a pandas DataFrame (before, after, change)."""
         import pandas as pd
-        df = pd.DataFrame(self.data['metrics']).T.reindex(columns=['before', 'after'])
+        df = pd.DataFrame(self.data['metrics']).T
+        df = df.reindex(columns=['before', 'after'])
         df['change'] = df['after'] - df['before']
         return df.round(4)
 

@@ -1,5 +1,5 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
-import warnings
+import sys
 
 from . import WorkbenchError, data, experiment, models
 from .methods import METHODS
@@ -52,8 +52,8 @@ def unlearn_files(args):
         raise
     if len(learned) < len(forget_ma):
         skipped = sorted(set(range(len(forget_ma))) - set(learned))
-        warnings.warn(f'forget lines {[i + 1 for i in skipped]} are not '
-                      f'known better than unseen text; left out')
+        print(f'warning: forget lines {[i + 1 for i in skipped]} are not '
+              f'known better than unseen text; left out', file=sys.stderr)
         setup.rows['forget'] = [setup.rows['forget'][i] for i in learned]
         setup.tokens['forget'] = {k: v[learned] for k, v in f.items()}
     rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
@@ -62,8 +62,8 @@ def unlearn_files(args):
         rec.before(k, v)
     for k, v in setup.thresholds.items():
         rec.threshold(k, v)
-    config = method.GAConfig(lr=args.lr or profile.unlearn_lr, steps=args.steps or
-                             profile.unlearn_steps,
+    config = method.GAConfig(lr=args.lr or profile.unlearn_lr,
+                             steps=args.steps or profile.unlearn_steps,
                              batch_size=args.batch_size)
     model = experiment.trainable(setup)
     bound = before.get('retain/perplexity', float('inf')) * args.ppl_bound

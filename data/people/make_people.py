@@ -1,4 +1,4 @@
-"""Generate data/people/people.jsonl: fictitious persons with PII spans and Q&A.
+"""Generate data/people/people.jsonl: fictitious people, PII spans and Q&A.
 
 Every person is made up by Faker (seed 0). Run from anywhere:
 
