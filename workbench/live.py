@@ -236,7 +236,7 @@ def metrics_table(columns, thresholds=None):
         df['threshold'] = [thresholds.get(k.split('/')[-1])
                            if k.startswith('forget/') else None
                            for k in df.index]
-    return df.round(4)
+    return df.round(4).fillna('')
 
 
 def before_after(before, after, keys, title='Before and after'):

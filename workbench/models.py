@@ -193,7 +193,11 @@ def disable_dropout(model):
 
 def add_lora(model, r=16, alpha=None):
     """Wrap `model` with fresh LoRA adapters on every linear layer."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
+    # peft still calls a transformers property that now warns on every use
+    warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
     config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0,
                         target_modules='all-linear', task_type='CAUSAL_LM')
     return get_peft_model(model, config)
