@@ -108,10 +108,12 @@ def quick_metrics(setup, model):
         model, f['input_ids'], f['attention_mask']).mean().item()}
     if 'retain' in setup.tokens:
         r = setup.tokens['retain']
+        stats = metrics.token_stats(model, r['input_ids'],
+                                    r['attention_mask'])  # one pass, two uses
         out['retain/MA'] = metrics.memorization_accuracy(
-            model, r['input_ids'], r['attention_mask']).mean().item()
+            model, r['input_ids'], stats=stats).mean().item()
         out['retain/perplexity'] = metrics.perplexity(
-            model, r['input_ids'], r['attention_mask'])
+            model, r['input_ids'], stats=stats)
     if out['forget/MA'] <= setup.thresholds['MA']:
         out[f'forget/{setup.el_key}'] = forget_el(setup, model)
     return out

@@ -22,13 +22,14 @@ def _rows(input_ids, attention_mask):
 
 
 def memorization_accuracy(model, input_ids, attention_mask=None,
-                          target_mask=None):
+                          target_mask=None, stats=None):
     """MA per sequence: mean over t of 1[argmax p(.|x_<t) = x_t], (B,).
 
-    One teacher-forced forward pass. `target_mask` (B, T) optionally
-    restricts the positions t that count (S-MA uses the sensitive spans).
+    One teacher-forced forward pass (none when `stats` from `token_stats`
+    are given). `target_mask` (B, T) optionally restricts the positions t
+    that count (S-MA uses the sensitive spans).
     """
-    s = token_stats(model, input_ids, attention_mask)
+    s = stats or token_stats(model, input_ids, attention_mask)
     m = s['mask']
     if target_mask is not None:
         m = m & target_mask[:, 1:].bool()

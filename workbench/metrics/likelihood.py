@@ -58,9 +58,11 @@ def sequence_nll(model, input_ids, attention_mask=None, batch_size=4):
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def perplexity(model, input_ids, attention_mask=None, batch_size=4):
-    """Corpus perplexity: exp of the mean NLL over all real tokens."""
-    s = token_stats(model, input_ids, attention_mask, batch_size)
+def perplexity(model, input_ids, attention_mask=None, batch_size=4,
+               stats=None):
+    """Corpus perplexity: exp of the mean NLL over all real tokens (no
+    forward pass when `stats` from `token_stats` are given)."""
+    s = stats or token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
     return math.exp(-(s['logprob'] * m).sum().item() / m.sum().item())
 
