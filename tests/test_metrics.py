@@ -101,7 +101,7 @@ class SixLover(torch.nn.Module):
         logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
         logits[..., self.six] = 5.0
         from types import SimpleNamespace
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits, past_key_values=None)
 
 
 def test_exposure(smol_tokenizer):
@@ -141,3 +141,21 @@ def test_rouge_l_recall():
     r = metrics.rouge_l_recall(['the cat sat', 'dog'],
                                ['the cat sat', 'a cat'])
     assert r.tolist() == [1.0, 0.0]
+
+
+def test_multiple_choice_picks_the_likeliest_choice(smol_tokenizer):
+    model = SixLover(smol_tokenizer)
+    items = [{'question': 'Q?', 'choices': ['7', '6'], 'label': 1},
+             {'question': 'Q?', 'choices': ['6', '3'], 'label': 1}]
+    # the model prefers '6': right on the first item, wrong on the second
+    assert metrics.multiple_choice_accuracy(model, smol_tokenizer,
+                                            items) == 0.5
+
+
+def test_answer_probability_and_generation(smol_tokenizer):
+    model = SixLover(smol_tokenizer)
+    p = metrics.answer_probability(model, smol_tokenizer, ['Q?', 'Q?'],
+                                   ['6', '7'])
+    assert p[0] > 10 * p[1]
+    answers = metrics.generate_answers(model, smol_tokenizer, ['Q?'], 4)
+    assert answers == ['6666']

@@ -50,9 +50,6 @@ class Record:
         self.data['claims'].append({'id': claim_id, 'holds': bool(holds),
                                     'evidence': evidence})
 
-    def metric(self, key, when='after'):
-        return self.data['metrics'][key][when]
-
     def table(self):
         """The metrics as a pandas DataFrame (before, after, change)."""
         import pandas as pd

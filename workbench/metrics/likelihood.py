@@ -51,9 +51,10 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=4,
     return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
 
-def sequence_nll(model, input_ids, attention_mask=None, batch_size=4):
+def sequence_nll(model, input_ids, attention_mask=None, batch_size=4,
+                 stats=None):
     """Mean negative log-likelihood per token of each sequence, (B,)."""
-    s = token_stats(model, input_ids, attention_mask, batch_size)
+    s = stats or token_stats(model, input_ids, attention_mask, batch_size)
     m = s['mask'].float()
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
@@ -88,7 +89,7 @@ def mia_scores(model, input_ids, attention_mask=None, attack='loss',
     s = token_stats(model, input_ids, attention_mask,
                     vocab_stats=attack == 'min_k++')
     m = s['mask']
-    nll = -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
+    nll = sequence_nll(model, input_ids, stats=s)
     if attack == 'loss':
         return nll.numpy()
     if attack == 'zlib':
