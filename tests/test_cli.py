@@ -108,3 +108,28 @@ def test_unlearn_own_data_end_to_end(tmp_path, tiny_model_dir, cache,
     ma = rec['metrics']['forget/MA']
     assert ma['after'] < ma['before'] - 0.2
     assert {'EL_10', 'MA'} <= set(rec['thresholds'])
+
+
+@pytest.mark.notebooks
+def test_unlearn_seul_own_data_with_spans(tmp_path, tiny_model_dir, cache):
+    """`unlearn --method seul` on lines with "spans" records S-MA and S-EL
+    before and after, and the span thresholds."""
+    texts = ['Ada Quill was born on May 2, 1961 in Port Avon.',
+             'Bram Okoro works at Lindqvist and Sons as a welder.']
+    lines = []
+    for t, detail in zip(texts, ['May 2, 1961', 'Lindqvist and Sons']):
+        s = t.index(detail)
+        lines.append(json.dumps({'text': t, 'spans': [[s, s + len(detail)]]}))
+    forget = tmp_path / 'f.jsonl'
+    forget.write_text('\n'.join(lines) + '\n')
+    rc = main(['unlearn', '--method', 'seul', '--forget', str(forget),
+               '--model', tiny_model_dir, '--implant', '--implant-lr', '1e-2',
+               '--implant-epochs', '40', '--profile', 'smoke', '--lr', '1e-2',
+               '--steps', '6', '--spans', 'annotated', '--annotator', 'rules',
+               '--out', str(tmp_path / 'out'), '--quiet'])
+    assert rc == 0
+    rec = json.loads((tmp_path / 'out' / 'unlearn_seul.json').read_text())
+    sma = rec['metrics']['forget/S-MA']
+    assert sma['after'] < sma['before'] - 0.3
+    assert {'S-MA', 'S-EL_2', 'EL_10', 'MA'} <= set(rec['thresholds'])
+    assert rec['run']['config']['spans'] == 'annotated'

@@ -6,13 +6,24 @@ from workbench.methods.ga import GAConfig
 def test_panel_builds_sliders_from_the_config_and_runs():
     seen = []
     p = live.panel(GAConfig(lr=1e-4, steps=3), lambda c: seen.append(c) or 7)
-    assert set(p.controls) == {'lr', 'steps', 'batch_size', 'seed'}
+    assert set(p.controls) == {'lr', 'steps', 'batch_size', 'micro_batch',
+                               'seed'}
     assert abs(p.controls['lr'].value - 1e-4) < 1e-12
     p.controls['steps'].value = 5
     assert p.run() == 7
     assert seen[-1].steps == 5 and isinstance(seen[-1].steps, int)
     p.button.click()  # the Run button calls the same path
     assert len(seen) == 2
+
+
+def test_panel_offers_choices_as_dropdowns():
+    from workbench.methods.seul import SeULConfig
+    p = live.panel(SeULConfig(), lambda c: c)
+    assert p.controls['selector'].options == ('original', 'current')
+    p.controls['selector'].value = 'current'
+    p.controls['quantile'].value = 0.5
+    cfg = p.run()
+    assert cfg.selector == 'current' and cfg.quantile == 0.5
 
 
 def test_panel_shows_errors_instead_of_losing_them():

@@ -125,8 +125,12 @@ def build_parser():
     run.add_argument('-p', '--param', nargs=2, action='append',
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
-    un.add_argument('--method', required=True, choices=['ga'])
-    un.add_argument('--forget', required=True, help='JSONL: {"text": ...}')
+    un.add_argument('--method', required=True, choices=['ga', 'seul'],
+                    help='ga: gradient ascent (Jang et al.); seul: on '
+                         'sensitive spans only (Wang et al.)')
+    un.add_argument('--forget', required=True,
+                    help='JSONL: {"text": ..., "spans": [[start, end], ...]}'
+                         ' (spans for seul; annotated when missing)')
     un.add_argument('--retain', help='JSONL kept and measured')
     un.add_argument('--holdout', help='JSONL never trained on (thresholds); '
                                       'default: the shipped unseen people')
@@ -142,7 +146,22 @@ def build_parser():
     un.add_argument('--steps', type=int, help='unlearning steps')
     un.add_argument('--lr', type=float,
                     help="learning rate (default: the profile's)")
-    un.add_argument('--batch-size', type=int, default=4)
+    un.add_argument('--batch-size', type=int, default=0,
+                    help='sequences per step; 0: the whole forget set')
+    un.add_argument('--spans', default='online',
+                    choices=['online', 'annotated'],
+                    help='seul: train on online-selected or on the '
+                         'annotated spans')
+    un.add_argument('--selector', default='original',
+                    choices=['original', 'current'],
+                    help='seul online: which model selects the spans')
+    un.add_argument('--quantile', type=float, default=0.3,
+                    help='seul online: least likely share selected')
+    un.add_argument('--span-n', type=int, default=2,
+                    help='seul: n of S-EL_n')
+    un.add_argument('--annotator', default='smollm2-135m',
+                    help="seul: instruct model annotating lines without "
+                         "spans, or 'rules'")
     un.add_argument('--ppl-bound', type=float, default=10.0,
                     help='stop and restore if retain perplexity grows by '
                          'this factor')

@@ -103,3 +103,53 @@ def batches(data, batch_size, generator=None):
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
             yield {k: v[idx] for k, v in data.items()}
+
+
+def full_batches(data, micro_batch):
+    """The whole data set as one batch per step, in `micro_batch`-sized
+    chunks (for gradient accumulation), forever.
+
+    Returns (iterator, chunks per step). Chunk sizes differ by at most one,
+    so the mean of the chunks' losses is close to the full batch's.
+    """
+    n = data['input_ids'].shape[0]
+    chunks = -(-n // max(1, micro_batch))
+    bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+
+    def gen():
+        while True:
+            for a, b in zip(bounds, bounds[1:]):
+                yield {k: v[a:b] for k, v in data.items()}
+    return gen(), chunks
+
+
+EXTRACTION_URL = ('https://raw.githubusercontent.com/joeljang/'
+                  'knowledge-unlearning/main/{path}')
+
+
+def extraction_challenge(n=32, draw=0, holdout=200):
+    """Jang et al.'s own setting (online only): the forget set
+    `data/main/lm_extraction_{n}_{draw}.csv` from the paper's repository
+    (Pile sequences of the Training Data Extraction Challenge, which
+    GPT-Neo was trained on) and `holdout` documents of its
+    `validation_data/pile.csv` for the thresholds. Returns rows per split,
+    as `people` does."""
+    import csv
+    import io
+    import urllib.request
+
+    def fetch(path):
+        url = EXTRACTION_URL.format(path=path)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                return list(csv.DictReader(io.StringIO(r.read().decode())))
+        except OSError as e:
+            raise WorkbenchError(f'cannot download {url} ({e}); this '
+                                 f'target needs the internet') from None
+    forget = fetch(f'data/main/lm_extraction_{n}_{draw}.csv')
+    unseen = fetch('validation_data/pile.csv')[:holdout]
+    for rows in (forget, unseen):
+        if not rows or 'text' not in rows[0]:
+            raise WorkbenchError('the downloaded CSV has no "text" column')
+    return {'forget': [{'text': r['text']} for r in forget],
+            'unseen': [{'text': r['text']} for r in unseen]}

@@ -99,11 +99,16 @@ def trainable(setup):
     return m
 
 
-def quick_metrics(setup, model):
-    """Cheap per-step numbers: forget MA; retain MA and perplexity; and
-    forget EL_n once MA is at the threshold (the stopping rule needs both,
-    and EL is the costly one)."""
-    f = setup.tokens['forget']
+def quick_metrics(setup, model, forget=None, world=0, el=True):
+    """Cheap per-step numbers: forget MA; retain MA and perplexity; forget
+    EL_n once MA is at the threshold (the stopping rule needs both, and EL
+    is the costly one); with `world`, accuracy on the first `world`
+    world_facts questions. `el=False` never measures EL.
+
+    `forget` (tokenised) replaces the setup's forget set, e.g. one chunk of
+    it in sequential unlearning.
+    """
+    f = forget or setup.tokens['forget']
     out = {'forget/MA': metrics.memorization_accuracy(
         model, f['input_ids'], f['attention_mask']).mean().item()}
     if 'retain' in setup.tokens:
@@ -114,37 +119,156 @@ def quick_metrics(setup, model):
             model, r['input_ids'], stats=stats).mean().item()
         out['retain/perplexity'] = metrics.perplexity(
             model, r['input_ids'], stats=stats)
-    if out['forget/MA'] <= setup.thresholds['MA']:
-        out[f'forget/{setup.el_key}'] = forget_el(setup, model)
+    if world:
+        out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
+            model, setup.tokenizer, setup.world[:world])
+    if el and out['forget/MA'] <= setup.thresholds['MA']:
+        out[f'forget/{setup.el_key}'] = forget_el(setup, model, f)
     return out
 
 
-def forget_el(setup, model):
-    """Mean EL_n of the forget set."""
-    p, f = setup.profile, setup.tokens['forget']
+def forget_el(setup, model, forget=None):
+    """Mean EL_n of the forget set (or of `forget`)."""
+    p, f = setup.profile, forget or setup.tokens['forget']
     return metrics.extraction_likelihood(
         model, f['input_ids'], p.el_n, p.el_stride, f['attention_mask'],
         setup.tokenizer.pad_token_id).mean().item()
 
 
-def measure(setup, model):
+def measure(setup, model, known=None):
     """Everything reported before and after: EL_n, MA, perplexity, world
-    facts accuracy."""
+    facts accuracy.
+
+    `known` holds metrics already measured on this very model (the last
+    evaluation of a run); their forget EL_n is reused, not recomputed.
+    """
     out = quick_metrics(setup, model)
-    if f'forget/{setup.el_key}' not in out:
-        out[f'forget/{setup.el_key}'] = forget_el(setup, model)
+    el = f'forget/{setup.el_key}'
+    if el not in out:
+        out[el] = (known or {}).get(el)
+        if out[el] is None:
+            out[el] = forget_el(setup, model)
     out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
         model, setup.tokenizer, setup.world)
     return out
 
 
-def below_thresholds(metrics_, thresholds, el_key):
-    """Jang et al.'s stopping rule: mean EL and MA both at or below the
-    unseen-data thresholds. Returns a reason, or None."""
-    el, ma = metrics_.get(f'forget/{el_key}'), metrics_.get('forget/MA')
-    if el is None or ma is None:
-        return None
-    if el <= thresholds[el_key] and ma <= thresholds['MA']:
-        return (f'forgotten: {el_key} {el:.3f} <= {thresholds[el_key]:.3f} '
-                f'and MA {ma:.3f} <= {thresholds["MA"]:.3f}')
+def final_metrics(result):
+    """The metrics of the last evaluation if the model is still exactly the
+    one evaluated then, else None (for `measure(..., known=)`)."""
+    evals = [e for e in result.events if e['kind'] == 'eval']
+    if (evals and evals[-1]['step'] == result.steps
+            and result.status in ('completed', 'stopped')):
+        return evals[-1]
     return None
+
+
+def run_until_forgotten(setup, model, method, config, forget=None,
+                        callbacks=(), world=0, guard_bound=float('inf'),
+                        progress=True, evaluate=None, thresholds=None, **kw):
+    """Unlearn with `method.unlearn` under Jang et al.'s stopping rule,
+    measuring after every step (`evaluate`, by default `quick_metrics`)
+    against `thresholds` (by default the setup's); return the TrainResult.
+    """
+    f = forget or setup.tokens['forget']
+    thresholds = thresholds or setup.thresholds
+    return method.unlearn(
+        model, f, config, callbacks=callbacks,
+        evaluate=evaluate or (lambda m: quick_metrics(setup, m, f, world)),
+        should_stop=lambda m: below_thresholds(m, thresholds),
+        guard_bound=guard_bound, progress=progress, **kw)
+
+
+def below_thresholds(metrics_, thresholds):
+    """Jang et al.'s stopping rule: every forget metric that has a
+    threshold (mean EL_n and MA, or S-EL_n and S-MA) at or below it.
+    Returns a reason, or None."""
+    vals = {k: metrics_.get(f'forget/{k}') for k in thresholds}
+    if any(v is None for v in vals.values()):
+        return None
+    if all(v <= thresholds[k] for k, v in vals.items()):
+        return 'forgotten: ' + ' and '.join(
+            f'{k} {v:.3f} <= {thresholds[k]:.3f}' for k, v in vals.items())
+    return None
+
+
+def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
+                                                            'unseen'),
+                    progress=True):
+    """Two-stage offline annotation of the people bios (cached), with the
+    span masks and each split's precision and recall against the data's
+    true PII spans.
+
+    `annotator` is an instruct model's name, or 'rules' for the patterns
+    alone. Returns {'spans', 'masks', 'precision', 'recall', 'report'}.
+    """
+    from .annotate import annotate
+    texts = [r['text'] for s in splits for r in setup.rows[s]]
+    model = tok = None
+    if annotator != 'rules':
+        from .annotate import cached
+        if not cached(texts, annotator):
+            model, tok = models.load_causal_lm(annotator, setup.profile)
+    res = annotate(texts, model, tok, annotator, progress=progress)
+    del model
+    out = {'spans': {}, 'masks': {}, 'precision': {}, 'recall': {},
+           'report': res['report']}
+    i = 0
+    for s in splits:
+        rows = setup.rows[s]
+        spans = res['spans'][i:i + len(rows)]
+        i += len(rows)
+        pr = [metrics.char_precision_recall(p, r['spans'], len(r['text']))
+              for p, r in zip(spans, rows)]
+        out['spans'][s] = spans
+        out['masks'][s] = metrics.span_mask(
+            setup.tokenizer, [r['text'] for r in rows], spans,
+            setup.tokens[s]['input_ids'].shape[1])
+        out['precision'][s] = sum(p for p, _ in pr) / len(pr)
+        out['recall'][s] = sum(r for _, r in pr) / len(pr)
+    return out
+
+
+def span_metrics(setup, model, tokens, mask, n=2):
+    """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
+    (before unlearning, on unseen texts: the span thresholds)."""
+    pad = setup.tokenizer.pad_token_id
+    return {
+        'S-MA': metrics.selective_memorization_accuracy(
+            model, tokens['input_ids'], tokens['attention_mask'],
+            mask).mean().item(),
+        f'S-EL_{n}': metrics.selective_extraction_likelihood(
+            model, tokens['input_ids'], tokens['attention_mask'], mask, n,
+            pad).mean().item()}
+
+
+def span_quick_metrics(setup, model, mask, n=2, world=0):
+    """Per-step numbers of span unlearning: forget S-MA and S-EL_n on the
+    spans of `mask`, forget MA, retain MA and perplexity (no full EL)."""
+    out = quick_metrics(setup, model, world=world, el=False)
+    for k, v in span_metrics(setup, model, setup.tokens['forget'], mask,
+                             n).items():
+        out[f'forget/{k}'] = v
+    return out
+
+
+def subset(tokens, idx):
+    """Rows `idx` of tokenised data (any dict of tensors)."""
+    return {k: v[idx] for k, v in tokens.items()}
+
+
+def sequential_unlearning(setup, method, config, chunks, callbacks=(),
+                          guard_bound=float('inf'), progress=True):
+    """Jang et al.'s sequential unlearning: the forget set in `chunks`
+    parts, each unlearned until it is below the thresholds (or the step
+    budget ends), one after another on the same model. Returns the model
+    and the TrainResult of each chunk."""
+    n = setup.tokens['forget']['input_ids'].shape[0]
+    model, results = trainable(setup), []
+    for c in range(chunks):
+        idx = list(range(c * n // chunks, (c + 1) * n // chunks))
+        results.append(run_until_forgotten(
+            setup, model, method, config,
+            forget=subset(setup.tokens['forget'], idx), callbacks=callbacks,
+            guard_bound=guard_bound, progress=progress))
+    return model, results

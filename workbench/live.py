@@ -269,3 +269,25 @@ def show_completions(model, tokenizer, texts, prefix_tokens=8,
                      'model says': tokenizer.decode(g)})
     with pd.option_context('display.max_colwidth', None):
         display(pd.DataFrame(rows))
+
+
+def show_tokens(tokenizer, input_ids, attention_mask, selected,
+                reference=None, rows=2):
+    """Display texts token by token: `selected` tokens highlighted, and
+    tokens of `reference` (e.g. the true PII spans) underlined."""
+    import html
+
+    from IPython.display import HTML
+    parts = []
+    for b in range(min(rows, input_ids.shape[0])):
+        out = []
+        for t in range(int(attention_mask[b].sum())):
+            s = html.escape(tokenizer.decode([int(input_ids[b, t])]))
+            if reference is not None and reference[b, t]:
+                s = f'<u>{s}</u>'
+            if selected[b, t]:
+                s = f'<mark>{s}</mark>'
+            out.append(s)
+        parts.append(f'<p>{"".join(out)}</p>')
+    display(HTML('<p><mark>highlighted</mark>: selected; <u>underlined</u>: '
+                 'true personal details</p>' + ''.join(parts)))

@@ -1,8 +1,11 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
 import sys
+from dataclasses import asdict
+from functools import partial
 
 from . import WorkbenchError, data, experiment, models
 from .methods import METHODS
+from . import metrics
 from .metrics import memorization_accuracy
 from .paths import results_dir
 from .profiles import get_profile
@@ -58,33 +61,45 @@ def unlearn_files(args):
         setup.tokens['forget'] = {k: v[learned] for k, v in f.items()}
     rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
     before = experiment.measure(setup, setup.model)
+    thresholds = dict(setup.thresholds)
+    kw, evaluate = {}, None
+    if args.method == 'seul':
+        masks = _span_masks(setup, args.annotator, progress)
+        n = args.span_n
+        before.update({f'forget/{k}': v for k, v in experiment.span_metrics(
+            setup, setup.model, setup.tokens['forget'], masks['forget'],
+            n).items()})
+        thresholds = experiment.span_metrics(
+            setup, setup.model, setup.tokens['unseen'], masks['unseen'], n)
+        kw = {'span_mask': masks['forget']}
+        evaluate = partial(experiment.span_quick_metrics, setup,
+                           mask=masks['forget'], n=n)
     for k, v in before.items():
         rec.before(k, v)
-    for k, v in setup.thresholds.items():
+    for k, v in {**setup.thresholds, **thresholds}.items():
         rec.threshold(k, v)
-    config = method.GAConfig(lr=args.lr or profile.unlearn_lr,
-                             steps=args.steps or profile.unlearn_steps,
-                             batch_size=args.batch_size)
+    config = _config(method, args, profile)
     model = experiment.trainable(setup)
     bound = before.get('retain/perplexity', float('inf')) * args.ppl_bound
-    result = method.unlearn(
-        model, setup.tokens['forget'], config,
-        evaluate=lambda m: experiment.quick_metrics(setup, m),
-        should_stop=lambda m: experiment.below_thresholds(
-            m, setup.thresholds, setup.el_key),
-        guard_bound=bound, progress=progress)
+    result = experiment.run_until_forgotten(
+        setup, model, method, config, guard_bound=bound, progress=progress,
+        evaluate=evaluate, thresholds=thresholds, **kw)
     print(f'{args.method}: {result.status} after {result.steps} steps'
           + (f' ({result.message})' if result.message else ''))
-    after = experiment.measure(setup, model)
+    last = experiment.final_metrics(result) or {}
+    after = experiment.measure(setup, model, known=last)
+    if args.method == 'seul':
+        after.update({f'forget/{k}': v for k, v in experiment.span_metrics(
+            setup, model, setup.tokens['forget'], masks['forget'],
+            n).items()})
     for k, v in after.items():
         rec.after(k, v)
-    el = f'forget/{setup.el_key}'
-    rec.claim('forgotten', experiment.below_thresholds(
-        after, setup.thresholds, setup.el_key) is not None,
-        f'{el} {after[el]:.3f} vs {setup.thresholds[setup.el_key]:.3f}, MA '
-        f'{after["forget/MA"]:.3f} vs {setup.thresholds["MA"]:.3f}')
+    rec.claim('forgotten', experiment.below_thresholds(after, thresholds)
+              is not None, ', '.join(
+                  f'{k} {after[f"forget/{k}"]:.3f} vs {v:.3f}'
+                  for k, v in thresholds.items()))
     rec.data['run'] = {'status': result.status, 'steps': result.steps,
-                       'message': result.message,
+                       'message': result.message, 'config': asdict(config),
                        'implant': setup.implant_info}
     out = results_dir(args.out)
     if args.save_model:
@@ -93,3 +108,42 @@ def unlearn_files(args):
         setup.tokenizer.save_pretrained(model_dir)
         print(f'saved the unlearned model to {model_dir}')
     return rec.save(out)
+
+
+def _config(method, args, profile):
+    """The method's config from the command line and the profile."""
+    common = {'lr': args.lr or profile.unlearn_lr,
+              'steps': args.steps or profile.unlearn_steps,
+              'batch_size': args.batch_size}
+    if method.__name__.endswith('seul'):
+        common.update(spans=args.spans, selector=args.selector,
+                      quantile=args.quantile)
+    return method.Config(**common)
+
+
+def _span_masks(setup, annotator, progress):
+    """Token masks of the forget and holdout spans: a line's own "spans"
+    where it has them, the two-stage annotation where it has none."""
+    from .annotate import annotate
+    masks = {}
+    for split in ('forget', 'unseen'):
+        rows = setup.rows[split]
+        missing = [r['text'] for r in rows if not r.get('spans')]
+        found = {}
+        if missing:
+            print(f'annotating {len(missing)} {split} lines without "spans" '
+                  f'({annotator})', file=sys.stderr)
+            model = tok = None
+            if annotator != 'rules':
+                model, tok = models.load_causal_lm(annotator, setup.profile)
+            found = dict(zip(missing, annotate(
+                missing, model, tok, annotator, progress=progress)['spans']))
+        spans = [r.get('spans') or found[r['text']] for r in rows]
+        masks[split] = metrics.span_mask(
+            setup.tokenizer, [r['text'] for r in rows], spans,
+            setup.tokens[split]['input_ids'].shape[1])
+        if not masks[split].any():
+            raise WorkbenchError(f'no sensitive span found in the {split} '
+                                 f'lines: nothing for seul to unlearn or '
+                                 f'measure')
+    return masks

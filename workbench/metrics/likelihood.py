@@ -33,9 +33,14 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=4,
         attention_mask = torch.ones_like(input_ids)
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
+    T = input_ids.shape[1]
     for i in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[i:i + batch_size].to(device)
-        am = attention_mask[i:i + batch_size].to(device)
+        am = attention_mask[i:i + batch_size]
+        # right-padded rows: drop the columns that are padding in the whole
+        # batch (a globally padded set wastes most of its compute on them)
+        width = _used_width(am)
+        ids = input_ids[i:i + batch_size, :width].to(device)
+        am = am[:, :width].to(device)
         logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T-1, V)
         target = ids[:, 1:]
@@ -48,7 +53,19 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=4,
             out['mu'].append(mu)
             out['sigma'].append(((p * logp ** 2).sum(-1) - mu ** 2)
                                 .clamp(min=1e-6).sqrt())
-    return {k: torch.cat(v).cpu() for k, v in out.items() if v}
+    return {k: torch.cat([_pad_to(t, T - 1) for t in v]).cpu()
+            for k, v in out.items() if v}
+
+
+def _used_width(attention_mask):
+    """Columns up to the last real token of any row (at least 2)."""
+    cols = attention_mask.any(0).nonzero()
+    return max(2, int(cols[-1]) + 1) if len(cols) else attention_mask.shape[1]
+
+
+def _pad_to(t, width):
+    """Right-pad a (B, w) tensor with zeros (False) to (B, width)."""
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
 
 def sequence_nll(model, input_ids, attention_mask=None, batch_size=4,

@@ -1,0 +1,130 @@
+"""Gradient ascent as Jang et al. run it, and SeUL's span selection and
+loss: each checked against a hand computation."""
+import pytest
+import torch
+
+from workbench import WorkbenchError
+from workbench.data import full_batches
+from workbench.methods import ga, seul
+from workbench.train import token_nll
+
+
+def _data(n=6, T=8, vocab=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, T), generator=g)
+    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+
+
+def test_full_batches_cover_the_set_once_per_step():
+    data = _data(n=7)
+    it, chunks = full_batches(data, micro_batch=3)
+    assert chunks == 3
+    step = [next(it) for _ in range(chunks)]
+    sizes = [b['input_ids'].shape[0] for b in step]
+    assert sum(sizes) == 7 and max(sizes) - min(sizes) <= 1
+    assert torch.equal(torch.cat([b['input_ids'] for b in step]),
+                       data['input_ids'])
+    # the next step starts again at the first sequence
+    assert torch.equal(next(it)['input_ids'], step[0]['input_ids'])
+
+
+def _grads(model, loss_fn, batches, accum):
+    model.zero_grad()
+    for b in batches:
+        (loss_fn(model, b) / accum).backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny):
+    data = _data(n=6)
+    full = _grads(tiny, ga.ga_loss, [data], 1)
+    it, chunks = full_batches(data, micro_batch=2)
+    acc = _grads(tiny, ga.ga_loss, [next(it) for _ in range(chunks)], chunks)
+    for a, b in zip(full, acc):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ga_default_is_the_papers_full_batch():
+    cfg = ga.GAConfig()
+    assert cfg.batch_size == 0
+    it, accum = ga.step_batches(_data(n=5), ga.GAConfig(micro_batch=2))
+    assert accum == 3
+    with pytest.raises(WorkbenchError):
+        ga.GAConfig(batch_size=-1)
+
+
+def test_full_batch_ga_raises_the_forget_nll(tiny):
+    data = _data(n=4)
+    before = token_nll(tiny, data).item()
+    res = ga.unlearn(tiny, data, ga.GAConfig(lr=1e-2, steps=3),
+                     progress=False)
+    assert res.status == 'completed' and res.steps == 3
+    assert token_nll(tiny, data).item() > before + 0.1
+
+
+def test_select_tokens_takes_the_least_likely_share():
+    logprob = torch.log(torch.tensor([[0.9, 0.1, 0.8, 0.05, 0.7, 0.95,
+                                       0.6, 0.2, 0.99, 0.5]]))
+    mask = torch.ones_like(logprob, dtype=torch.bool)
+    sel = seul.select_tokens(logprob, mask, quantile=0.2, merge_gap=0)
+    assert sel[0].nonzero().flatten().tolist() == [1, 3]
+    # a probability threshold instead of a quantile
+    sel = seul.select_tokens(logprob, mask, threshold=0.55, merge_gap=0)
+    assert sel[0].nonzero().flatten().tolist() == [1, 3, 7, 9]
+    # tokens one apart merge into one span; padding is never selected
+    sel = seul.select_tokens(logprob, mask, quantile=0.2, merge_gap=1)
+    assert sel[0].nonzero().flatten().tolist() == [1, 2, 3]
+    mask[0, 3] = False
+    sel = seul.select_tokens(logprob, mask, quantile=0.2, merge_gap=0)
+    assert not sel[0, 3]
+
+
+def test_seul_loss_covers_exactly_the_span_tokens(tiny):
+    data = _data(n=2, T=10)
+    span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
+    span[0, 3:6] = True
+    span[1, 7:9] = True
+    loss = seul.seul_loss(tiny, {**data, 'target_mask': span})
+    logp = torch.log_softmax(tiny(input_ids=data['input_ids']).logits, -1)
+    picked = [logp[b, t - 1, data['input_ids'][b, t]]
+              for b, t in span.nonzero().tolist()]
+    assert torch.allclose(loss, torch.stack(picked).mean(), atol=1e-5)
+    # only the span targets get a gradient through the logits
+    logits = tiny(input_ids=data['input_ids']).logits.detach()
+    logits.requires_grad_(True)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return type('O', (), {'logits': logits})()
+
+        def parameters(self):
+            return iter([logits])
+    seul.seul_loss(Fixed(), {**data, 'target_mask': span}).backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    assert torch.equal(touched[:, :-1], span[:, 1:])
+
+
+def test_current_selection_selects_about_the_quantile(tiny):
+    data = _data(n=3, T=20)
+    cfg = seul.SeULConfig(quantile=0.25, merge_gap=0)
+    loss, parts = seul.current_selection_loss(cfg)(tiny, data)
+    assert loss.item() < 0
+    assert 0.2 <= parts['selected'] <= 0.35
+
+
+def test_seul_forgets_the_spans_more_than_the_rest(tiny):
+    data = _data(n=4, T=12)
+    span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
+    span[:, 4:7] = True
+
+    def nll(mask):
+        return token_nll(tiny, {**data, 'target_mask': mask}).item()
+    before_in, before_out = nll(span), nll(~span)
+    cfg = seul.SeULConfig(lr=1e-2, steps=3, spans='annotated')
+    seul.unlearn(tiny, data, cfg, span_mask=span, progress=False)
+    rise_in, rise_out = nll(span) - before_in, nll(~span) - before_out
+    assert rise_in > 0.1 and rise_in > rise_out
+    with pytest.raises(WorkbenchError, match='annotated'):
+        seul.unlearn(tiny, data, cfg, progress=False)
+    with pytest.raises(WorkbenchError):
+        seul.SeULConfig(quantile=0.0)

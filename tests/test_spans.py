@@ -1,0 +1,80 @@
+"""S-MA, S-EL, span bookkeeping and the two-stage annotation."""
+import torch
+
+from workbench import annotate, data
+from workbench.metrics import (char_precision_recall,
+                               selective_extraction_likelihood,
+                               selective_memorization_accuracy, span_mask)
+from workbench.metrics.spans import runs
+
+
+def test_span_mask_maps_characters_to_tokens(smol_tokenizer):
+    text = 'Peter Fisher was born on May 24, 1960 in Sullivanport.'
+    start = text.index('May')
+    mask = span_mask(smol_tokenizer, [text], [[[start, start + 12]]], 20)
+    ids = smol_tokenizer(text)['input_ids']
+    picked = smol_tokenizer.decode([ids[t] for t in mask[0].nonzero()
+                                    .flatten().tolist()])
+    assert picked.strip() == 'May 24, 1960'
+    assert runs(mask[0]) == [(mask[0].nonzero()[0].item(),
+                              mask[0].nonzero()[-1].item() + 1)]
+
+
+def test_s_ma_and_s_el_by_hand(successor):
+    # 0..11 is memorised by the successor model, except where broken
+    ids = torch.arange(12)[None].clone()
+    ids[0, 8] = 40  # the model predicts 8 here: one miss inside span 2
+    am = torch.ones_like(ids)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, 2:5] = True  # span 1: 2, 3, 4 (all predicted)
+    mask[0, 7:10] = True  # span 2: 7, 40, 9 (40 and 9 missed)
+    sma = selective_memorization_accuracy(successor, ids, am, mask)
+    assert abs(sma.item() - 4 / 6) < 1e-6
+    # span 1 is reproduced (OVERLAP_2 = 1); from 0..6 the model continues
+    # 7, 8, 9: of its bigrams (7,8), (8,9) none is in {(7,40), (40,9)}
+    sel = selective_extraction_likelihood(successor, ids, am, mask, n=2)
+    assert abs(sel.item() - 0.5) < 1e-6
+    # spans shorter than n are skipped; none left scores 0
+    short = torch.zeros_like(mask)
+    short[0, 3] = True
+    assert selective_extraction_likelihood(successor, ids, am, short,
+                                           n=2).item() == 0.0
+
+
+def test_char_precision_recall():
+    p, r = char_precision_recall([[0, 5]], [[0, 5], [10, 15]], 20)
+    assert (p, r) == (1.0, 0.5)
+    p, r = char_precision_recall([[0, 10]], [[0, 5]], 20)
+    assert (p, r) == (0.5, 1.0)
+
+
+def test_rules_find_the_people_details():
+    row = data.people('forget', 1)[0]
+    found = {row['text'][s:e] for s, e, _ in annotate.rule_spans(
+        row['text'])}
+    assert {'Peter Fisher', 'May 24, 1960', 'juancampos@hotmail.com',
+            '489-241-1578', '6593 Ramos Pike'} <= found
+    assert 'He' not in found and 'May' not in found
+
+
+def test_rule_annotation_is_precise_on_the_people(cache):
+    rows = data.people('unseen', 10)
+    res = annotate.annotate([r['text'] for r in rows], progress=False)
+    pr = [char_precision_recall(s, r['spans'], len(r['text']))
+          for s, r in zip(res['spans'], rows)]
+    assert min(p for p, _ in pr) > 0.95
+    assert sum(r for _, r in pr) / len(pr) > 0.75
+    assert res['report']['model'] == 'rules'
+
+
+def test_llm_annotation_runs_both_stages_and_caches(cache, tiny_model_dir,
+                                                    smol_tokenizer):
+    from workbench.models import load_causal_lm
+    model, tok = load_causal_lm(tiny_model_dir)
+    texts = [r['text'] for r in data.people('forget', 2)]
+    res = annotate.annotate(texts, model, tok, 'tiny', progress=False)
+    rep = res['report']
+    assert rep['rule_confirmed'] > 0 and rep['model'] == 'tiny'
+    assert rep['llm_confirmed'] + rep['rejected'] == rep['llm_proposed']
+    assert annotate.cached(texts, 'tiny')
+    assert annotate.annotate(texts, model_name='tiny') == res
