@@ -1,11 +1,16 @@
-"""Memory and throughput of gradient ascent in the `7b` profile, on a GPU.
+"""Memory and throughput of the unlearning methods in the `7b` profile, on
+a GPU.
 
 A randomly initialised model of Mistral-7B's architecture (no download):
 LoRA on every linear layer, bf16, gradient checkpointing, the workbench's
-training loop, and a KL term to the frozen original through the reference
-(the adapter disabled: no second copy of the weights).
+training loop, and one of:
+- `kl`: gradient ascent plus a KL term to the frozen original through the
+  reference (the adapter disabled: no second copy of the weights);
+- `ga`: `workbench.methods.ga` as Jang et al. run it (full-batch steps);
+- `seul`: `workbench.methods.seul`, spans selected by the current model at
+  every step.
 
-    python bench/gpu_7b.py --steps 5 --batch 8 --tokens 256
+    python bench/gpu_7b.py --method ga --steps 5 --batch 8 --tokens 256
 
 Prints peak GPU memory, tokens per second and model FLOP utilisation. On a
 machine without a suitable GPU it refuses with one line, before loading.
@@ -41,6 +46,8 @@ def main():
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--tokens', type=int, default=256)
+    parser.add_argument('--method', default='kl',
+                        choices=['kl', 'ga', 'seul'])
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     profile = get_profile('7b')
@@ -71,24 +78,35 @@ def main():
         while True:
             yield batch
 
-    cfg = TrainConfig(lr=1e-5, steps=1, progress=False)
-    train(model, loss, forever(), cfg)  # warm-up
+    def run(steps):
+        if args.method == 'kl':
+            cfg = TrainConfig(lr=1e-5, steps=steps, progress=False)
+            return train(model, loss, forever(), cfg)
+        from workbench.methods import ga, seul
+        if args.method == 'ga':
+            return ga.unlearn(model, batch, ga.GAConfig(
+                lr=1e-5, steps=steps, micro_batch=args.batch),
+                progress=False)
+        return seul.unlearn(model, batch, seul.SeULConfig(
+            lr=1e-5, steps=steps, selector='current',
+            micro_batch=args.batch), progress=False)
+
+    run(1)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    cfg = TrainConfig(lr=1e-5, steps=args.steps, progress=False)
     start = time.perf_counter()
-    result = train(model, loss, forever(), cfg)
+    result = run(args.steps)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     tokens = args.steps * args.batch * args.tokens
-    # per token: reference forward 2N, forward 2N, recomputation under
-    # checkpointing 2N, backward 2N (activation gradients only: the frozen
-    # weights need none)
-    flops = 8 * n_params * tokens
+    # per token: forward 2N, recomputation under checkpointing 2N,
+    # backward 2N (activation gradients only: the frozen weights need
+    # none), and for `kl` the reference's forward 2N
+    flops = (8 if args.method == 'kl' else 6) * n_params * tokens
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     report = {
-        'device': name, 'status': result.status,
+        'device': name, 'method': args.method, 'status': result.status,
         'params': n_params, 'trainable': n_train,
         'batch': args.batch, 'tokens_per_sequence': args.tokens,
         'peak_gpu_gb': torch.cuda.max_memory_allocated() / 2**30,

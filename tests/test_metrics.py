@@ -86,6 +86,9 @@ def test_mia_separates_memorised_from_random(successor, attack):
     assert metrics.mia_auc(successor, f, h, attack) == 1.0
     # the same data on both sides: no better than chance
     assert metrics.mia_auc(successor, f, f, attack) == 0.5
+    # several attacks from one forward pass give the same AUCs
+    both = metrics.mia_aucs(successor, f, h, (attack, 'loss'))
+    assert both == {attack: 1.0, 'loss': 1.0}
 
 
 class SixLover(torch.nn.Module):

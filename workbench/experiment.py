@@ -99,19 +99,22 @@ def trainable(setup):
     return m
 
 
-def quick_metrics(setup, model, forget=None, world=0, el=True):
+def quick_metrics(setup, model, forget=None, world=0, el=True, retain=True,
+                  forget_stats=None):
     """Cheap per-step numbers: forget MA; retain MA and perplexity; forget
     EL_n once MA is at the threshold (the stopping rule needs both, and EL
     is the costly one); with `world`, accuracy on the first `world`
-    world_facts questions. `el=False` never measures EL.
+    world_facts questions. `el=False` never measures EL, `retain=False`
+    skips the retain set (and with it the divergence guard's metric).
 
     `forget` (tokenised) replaces the setup's forget set, e.g. one chunk of
     it in sequential unlearning.
     """
     f = forget or setup.tokens['forget']
     out = {'forget/MA': metrics.memorization_accuracy(
-        model, f['input_ids'], f['attention_mask']).mean().item()}
-    if 'retain' in setup.tokens:
+        model, f['input_ids'], f['attention_mask'],
+        stats=forget_stats).mean().item()}
+    if retain and 'retain' in setup.tokens:
         r = setup.tokens['retain']
         stats = metrics.token_stats(model, r['input_ids'],
                                     r['attention_mask'])  # one pass, two uses
@@ -142,12 +145,11 @@ def measure(setup, model, known=None):
     `known` holds metrics already measured on this very model (the last
     evaluation of a run); their forget EL_n is reused, not recomputed.
     """
-    out = quick_metrics(setup, model)
+    out = quick_metrics(setup, model, el=False)
     el = f'forget/{setup.el_key}'
-    if el not in out:
-        out[el] = (known or {}).get(el)
-        if out[el] is None:
-            out[el] = forget_el(setup, model)
+    out[el] = (known or {}).get(el)
+    if out[el] is None:
+        out[el] = forget_el(setup, model)
     out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
         model, setup.tokenizer, setup.world)
     return out
@@ -165,16 +167,18 @@ def final_metrics(result):
 
 def run_until_forgotten(setup, model, method, config, forget=None,
                         callbacks=(), world=0, guard_bound=float('inf'),
-                        progress=True, evaluate=None, thresholds=None, **kw):
+                        progress=True, evaluate=None, thresholds=None,
+                        retain=True, **kw):
     """Unlearn with `method.unlearn` under Jang et al.'s stopping rule,
-    measuring after every step (`evaluate`, by default `quick_metrics`)
-    against `thresholds` (by default the setup's); return the TrainResult.
-    """
+    measuring after every step (`evaluate`, by default `quick_metrics` with
+    `world` and `retain`) against `thresholds` (by default the setup's);
+    return the TrainResult."""
     f = forget or setup.tokens['forget']
     thresholds = thresholds or setup.thresholds
     return method.unlearn(
         model, f, config, callbacks=callbacks,
-        evaluate=evaluate or (lambda m: quick_metrics(setup, m, f, world)),
+        evaluate=evaluate or (lambda m: quick_metrics(setup, m, f, world,
+                                                      retain=retain)),
         should_stop=lambda m: below_thresholds(m, thresholds),
         guard_bound=guard_bound, progress=progress, **kw)
 
@@ -229,14 +233,14 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
     return out
 
 
-def span_metrics(setup, model, tokens, mask, n=2):
+def span_metrics(setup, model, tokens, mask, n=2, stats=None):
     """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
     (before unlearning, on unseen texts: the span thresholds)."""
     pad = setup.tokenizer.pad_token_id
     return {
         'S-MA': metrics.selective_memorization_accuracy(
-            model, tokens['input_ids'], tokens['attention_mask'],
-            mask).mean().item(),
+            model, tokens['input_ids'], tokens['attention_mask'], mask,
+            stats=stats).mean().item(),
         f'S-EL_{n}': metrics.selective_extraction_likelihood(
             model, tokens['input_ids'], tokens['attention_mask'], mask, n,
             pad).mean().item()}
@@ -245,30 +249,10 @@ def span_metrics(setup, model, tokens, mask, n=2):
 def span_quick_metrics(setup, model, mask, n=2, world=0):
     """Per-step numbers of span unlearning: forget S-MA and S-EL_n on the
     spans of `mask`, forget MA, retain MA and perplexity (no full EL)."""
-    out = quick_metrics(setup, model, world=world, el=False)
-    for k, v in span_metrics(setup, model, setup.tokens['forget'], mask,
-                             n).items():
+    f = setup.tokens['forget']
+    stats = metrics.token_stats(model, f['input_ids'], f['attention_mask'])
+    out = quick_metrics(setup, model, world=world, el=False,
+                        forget_stats=stats)
+    for k, v in span_metrics(setup, model, f, mask, n, stats).items():
         out[f'forget/{k}'] = v
     return out
-
-
-def subset(tokens, idx):
-    """Rows `idx` of tokenised data (any dict of tensors)."""
-    return {k: v[idx] for k, v in tokens.items()}
-
-
-def sequential_unlearning(setup, method, config, chunks, callbacks=(),
-                          guard_bound=float('inf'), progress=True):
-    """Jang et al.'s sequential unlearning: the forget set in `chunks`
-    parts, each unlearned until it is below the thresholds (or the step
-    budget ends), one after another on the same model. Returns the model
-    and the TrainResult of each chunk."""
-    n = setup.tokens['forget']['input_ids'].shape[0]
-    model, results = trainable(setup), []
-    for c in range(chunks):
-        idx = list(range(c * n // chunks, (c + 1) * n // chunks))
-        results.append(run_until_forgotten(
-            setup, model, method, config,
-            forget=subset(setup.tokens['forget'], idx), callbacks=callbacks,
-            guard_bound=guard_bound, progress=progress))
-    return model, results

@@ -46,7 +46,7 @@ PROFILES = {
         dtype='float32', device='cpu', lora=False, lora_r=16,
         gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
         n_world=40, batch_size=4, implant_lr=3e-4, implant_epochs=12,
-        implant_target_ma=0.9, unlearn_steps=8, unlearn_lr=5e-5, el_n=10,
+        implant_target_ma=0.9, unlearn_steps=12, unlearn_lr=5e-5, el_n=10,
         el_stride=10, max_tokens=256),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',

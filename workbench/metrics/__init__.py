@@ -7,8 +7,8 @@ from .extraction import (exact_memorization, extraction_likelihood,
                          extraction_likelihood_naive, extraction_strength,
                          forgetting_thresholds, greedy_continue,
                          memorization_accuracy, overlap)
-from .likelihood import (exposure, mia_auc, mia_scores, perplexity,
-                         sequence_nll, token_stats)
+from .likelihood import (exposure, mia_auc, mia_aucs, mia_scores,
+                         perplexity, sequence_nll, token_stats)
 from .qa import (answer_probability, forget_quality, generate_answers,
                  model_utility, multiple_choice_accuracy, privleak,
                  rouge_l_recall, truth_ratio, truth_ratios)
@@ -16,11 +16,11 @@ from .spans import (char_precision_recall, selective_extraction_likelihood,
                     selective_memorization_accuracy, span_mask)
 
 __all__ = [
-    'answer_probability', 'char_precision_recall', 'exact_memorization', 'exposure',
-    'extraction_likelihood', 'extraction_likelihood_naive',
+    'answer_probability', 'char_precision_recall', 'exact_memorization',
+    'exposure', 'extraction_likelihood', 'extraction_likelihood_naive',
     'extraction_strength', 'forget_quality', 'forgetting_thresholds',
-    'generate_answers', 'greedy_continue', 'memorization_accuracy',
-    'mia_auc', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
+    'generate_answers', 'greedy_continue', 'memorization_accuracy', 'mia_auc',
+    'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
     'overlap', 'perplexity', 'privleak', 'rouge_l_recall',
     'selective_extraction_likelihood', 'selective_memorization_accuracy',
     'sequence_nll', 'span_mask', 'token_stats', 'truth_ratio', 'truth_ratios',

@@ -20,34 +20,43 @@ def _device(model):
 
 
 @torch.no_grad()
-def token_stats(model, input_ids, attention_mask=None, batch_size=4,
-                vocab_stats=False):
+def token_stats(model, input_ids, attention_mask=None, batch_size=None,
+                vocab_stats=False, max_tokens=512):
     """Per-position statistics of next-token prediction, in batches.
 
     Returns a dict of (B, T-1) tensors aligned with targets `x_1..x_{T-1}`:
     `logprob` (log p(x_t | x_<t)), `hit` (argmax equals x_t) and `mask`
     (the target is a real token); with `vocab_stats`, also `mu` and `sigma`,
     the mean and standard deviation of log p under p (for Min-K%++).
+
+    Batches hold about `max_tokens` tokens (or `batch_size` rows): the
+    (rows, T, vocabulary) logits are the memory that matters.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
     T = input_ids.shape[1]
-    for i in range(0, input_ids.shape[0], batch_size):
-        am = attention_mask[i:i + batch_size]
+    rows = batch_size or max(1, max_tokens // max(1, _used_width(
+        attention_mask)))
+    for i in range(0, input_ids.shape[0], rows):
+        am = attention_mask[i:i + rows]
         # right-padded rows: drop the columns that are padding in the whole
         # batch (a globally padded set wastes most of its compute on them)
         width = _used_width(am)
-        ids = input_ids[i:i + batch_size, :width].to(device)
+        ids = input_ids[i:i + rows, :width].to(device)
         am = am[:, :width].to(device)
         logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T-1, V)
+        logits = logits.float()
         target = ids[:, 1:]
-        out['logprob'].append(logp.gather(-1, target[..., None])[..., 0])
-        out['hit'].append(logp.argmax(-1) == target)
+        # log p(x_t) = z_t - logsumexp(z), without a second (B, T, V) tensor
+        lse = torch.logsumexp(logits, dim=-1)
+        out['logprob'].append(logits.gather(-1, target[..., None])[..., 0]
+                              - lse)
+        out['hit'].append(logits.argmax(-1) == target)
         out['mask'].append(am[:, 1:].bool() & am[:, :-1].bool())
         if vocab_stats:
+            logp = logits - lse[..., None]
             p = logp.exp()
             mu = (p * logp).sum(-1)
             out['mu'].append(mu)
@@ -68,7 +77,7 @@ def _pad_to(t, width):
     return torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
 
-def sequence_nll(model, input_ids, attention_mask=None, batch_size=4,
+def sequence_nll(model, input_ids, attention_mask=None, batch_size=None,
                  stats=None):
     """Mean negative log-likelihood per token of each sequence, (B,)."""
     s = stats or token_stats(model, input_ids, attention_mask, batch_size)
@@ -76,7 +85,7 @@ def sequence_nll(model, input_ids, attention_mask=None, batch_size=4,
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def perplexity(model, input_ids, attention_mask=None, batch_size=4,
+def perplexity(model, input_ids, attention_mask=None, batch_size=None,
                stats=None):
     """Corpus perplexity: exp of the mean NLL over all real tokens (no
     forward pass when `stats` from `token_stats` are given)."""
@@ -95,16 +104,18 @@ def _min_k(values, mask, k):
 
 
 def mia_scores(model, input_ids, attention_mask=None, attack='loss',
-               k=0.4, texts=None):
+               k=0.4, texts=None, stats=None):
     """Membership-inference scores per sequence (higher: less likely seen).
 
     `attack` is 'loss' (mean NLL), 'zlib' (mean NLL / zlib-compressed
     length of the text, needs `texts`), 'min_k' (minus the mean of the
     lowest k% token log-probabilities) or 'min_k++' (the same on token
     log-probabilities normalised by the vocabulary's mean and std).
+    `stats` from `token_stats` (with `vocab_stats` for 'min_k++') saves
+    the forward pass.
     """
-    s = token_stats(model, input_ids, attention_mask,
-                    vocab_stats=attack == 'min_k++')
+    s = stats or token_stats(model, input_ids, attention_mask,
+                             vocab_stats=attack == 'min_k++')
     m = s['mask']
     nll = sequence_nll(model, input_ids, stats=s)
     if attack == 'loss':
@@ -127,12 +138,23 @@ def mia_auc(model, forget, holdout, attack='loss', k=0.4):
     `forget` and `holdout` are dicts with `input_ids`, `attention_mask`
     and, for 'zlib', `texts`.
     """
-    f = mia_scores(model, forget['input_ids'], forget['attention_mask'],
-                   attack, k, forget.get('texts'))
-    h = mia_scores(model, holdout['input_ids'], holdout['attention_mask'],
-                   attack, k, holdout.get('texts'))
-    labels = np.r_[np.zeros(len(f)), np.ones(len(h))]
-    return float(roc_auc_score(labels, np.r_[f, h]))
+    return mia_aucs(model, forget, holdout, (attack,), k)[attack]
+
+
+def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
+             k=0.4):
+    """`mia_auc` of several attacks from one forward pass per set."""
+    vocab = 'min_k++' in attacks
+    stats = [token_stats(model, d['input_ids'], d['attention_mask'],
+                         vocab_stats=vocab) for d in (forget, holdout)]
+    out = {}
+    for attack in attacks:
+        f, h = (mia_scores(model, d['input_ids'], d['attention_mask'],
+                           attack, k, d.get('texts'), stats=s)
+                for d, s in zip((forget, holdout), stats))
+        labels = np.r_[np.zeros(len(f)), np.ones(len(h))]
+        out[attack] = float(roc_auc_score(labels, np.r_[f, h]))
+    return out
 
 
 def exposure(model, tokenizer, prefix, secret, digits=None,

@@ -12,7 +12,6 @@
 """
 import numpy as np
 import torch
-from rouge_score import rouge_scorer
 from scipy.stats import hmean, ks_2samp
 
 from ..data import QA_TEMPLATE
@@ -112,6 +111,7 @@ def generate_answers(model, tokenizer, questions, max_new_tokens=32):
 
 def rouge_l_recall(predictions, references):
     """ROUGE-L recall of each prediction against its reference."""
+    from rouge_score import rouge_scorer  # only where ROUGE is used
     scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
     return np.array([scorer.score(r, p)['rougeL'].recall
                      for p, r in zip(predictions, references)])
