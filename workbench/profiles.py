@@ -28,7 +28,7 @@ class Profile:
     implant_lr: float
     implant_epochs: int  # upper bound; stops early at `implant_target_ma`
     implant_target_ma: float
-    unlearn_steps: int
+    unlearn_steps: int  # most steps; Jang et al.'s max_epochs is 20
     unlearn_lr: float  # LoRA needs a larger step than full fine-tuning
     el_n: int  # n of EL_n
     el_stride: int  # 1 is the paper's exact EL_n
@@ -46,14 +46,14 @@ PROFILES = {
         dtype='float32', device='cpu', lora=False, lora_r=16,
         gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
         n_world=40, batch_size=4, implant_lr=3e-4, implant_epochs=12,
-        implant_target_ma=0.9, unlearn_steps=12, unlearn_lr=5e-5, el_n=10,
+        implant_target_ma=0.9, unlearn_steps=20, unlearn_lr=5e-5, el_n=10,
         el_stride=10, max_tokens=256),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
         device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
         n_forget=8, n_retain=8, n_unseen=10, n_world=60, batch_size=4,
         implant_lr=3e-3, implant_epochs=20, implant_target_ma=0.9,
-        unlearn_steps=12, unlearn_lr=1e-3, el_n=10, el_stride=10),
+        unlearn_steps=20, unlearn_lr=1e-3, el_n=10, el_stride=10),
     'gpu': Profile(
         name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
         encoder='FacebookAI/roberta-base', dtype='bfloat16', device='cuda',
