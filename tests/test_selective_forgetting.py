@@ -20,9 +20,9 @@ def test_seul_forgets_spans_and_keeps_utility(tmp_path):
     assert m['forget/S-MA']['before'] > thr['S-MA'] + 0.2
     assert m['forget/S-MA']['after'] <= thr['S-MA']
     assert m['forget/S-EL_2']['after'] <= thr['S-EL_2']
-    # the rest of the forget texts stayed largely memorised
-    assert m['forget/MA']['after'] > thr['MA']
+    # the template words went less than under full-sequence ascent
     ga = rec['ga_after']
+    assert m['forget/MA']['after'] > ga['forget/MA']
     assert m['retain/MA']['after'] > ga['retain/MA']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims == {'spans_forgotten': True,

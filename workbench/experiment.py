@@ -256,3 +256,26 @@ def span_quick_metrics(setup, model, mask, n=2, world=0):
     for k, v in span_metrics(setup, model, f, mask, n, stats).items():
         out[f'forget/{k}'] = v
     return out
+
+
+def subset(tokens, idx):
+    """Rows `idx` of tokenised data (any dict of tensors)."""
+    return {k: v[idx] for k, v in tokens.items()}
+
+
+def sequential_unlearning(setup, method, config, chunks, callbacks=(),
+                          guard_bound=float('inf'), progress=True,
+                          retain=True):
+    """Jang et al.'s sequential unlearning: the forget set in `chunks`
+    parts, each unlearned until it is below the thresholds (or the step
+    budget ends), one after another on the same model. Returns the model
+    and the TrainResult of each chunk."""
+    n = setup.tokens['forget']['input_ids'].shape[0]
+    model, results = trainable(setup), []
+    for c in range(chunks):
+        idx = list(range(c * n // chunks, (c + 1) * n // chunks))
+        results.append(run_until_forgotten(
+            setup, model, method, config,
+            forget=subset(setup.tokens['forget'], idx), callbacks=callbacks,
+            guard_bound=guard_bound, progress=progress, retain=retain))
+    return model, results
