@@ -24,6 +24,9 @@ def test_seul_forgets_spans_and_keeps_utility(tmp_path):
     ga = rec['ga_after']
     assert m['forget/MA']['after'] > ga['forget/MA']
     assert m['retain/MA']['after'] > ga['retain/MA']
+    # and general knowledge kept a stated share
+    assert m['world_facts/accuracy']['after'] > \
+        0.8 * m['world_facts/accuracy']['before']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims == {'spans_forgotten': True,
                       'seul_keeps_more_utility_than_ga': True}
