@@ -77,3 +77,16 @@ def cache(tmp_path, monkeypatch):
     """An empty workbench cache for this test."""
     monkeypatch.setenv('WORKBENCH_CACHE', str(tmp_path / 'cache'))
     return tmp_path / 'cache'
+
+
+@pytest.fixture
+def smoke_record(tmp_path):
+    """Run a notebook headless on the smoke profile; return its record."""
+    import json
+
+    from workbench.cli import run_notebook
+
+    def run(name):
+        path = run_notebook(name, 'smoke', tmp_path, progress=False)
+        return json.loads(path.read_text())
+    return run

@@ -1,17 +1,11 @@
 """Notebook 03 headless on the smoke profile: the paper's effects must show
 in its record."""
-import json
-
 import pytest
-
-from workbench.cli import run_notebook
 
 
 @pytest.mark.notebooks
-def test_gradient_ascent_reaches_the_thresholds(tmp_path):
-    path = run_notebook('03_knowledge_unlearning', 'smoke', tmp_path,
-                        progress=False)
-    rec = json.loads(path.read_text())
+def test_gradient_ascent_reaches_the_thresholds(smoke_record):
+    rec = smoke_record('03_knowledge_unlearning')
     m, thr = rec['metrics'], rec['thresholds']
     # the implanted model knew the forget set far beyond unseen text
     assert m['forget/MA']['before'] > thr['MA'] + 0.2

@@ -1,17 +1,11 @@
 """Notebook 07 headless on the smoke profile: SeUL forgets the spans and
 keeps more than full-sequence gradient ascent."""
-import json
-
 import pytest
-
-from workbench.cli import run_notebook
 
 
 @pytest.mark.notebooks
-def test_seul_forgets_spans_and_keeps_utility(tmp_path):
-    path = run_notebook('07_selective_forgetting', 'smoke', tmp_path,
-                        progress=False)
-    rec = json.loads(path.read_text())
+def test_seul_forgets_spans_and_keeps_utility(smoke_record):
+    rec = smoke_record('07_selective_forgetting')
     m, thr = rec['metrics'], rec['thresholds']
     # the annotation is precise, and finds most true details
     assert rec['annotation']['precision']['forget'] > 0.95

@@ -61,13 +61,11 @@ class TrainResult:
         return self.series(key)[1][-1]
 
 
-def token_nll(model, batch):
-    """Mean NLL over the real target tokens of a batch.
-
-    Targets are masked by the attention mask (and `target_mask` when the
-    batch has one), never by token id, so a genuine EOS inside a text still
-    counts.
-    """
+def token_logprobs(model, batch):
+    """log p(x_t | x_<t) of every target of a batch, (B, T-1), with the
+    mask of the real targets: by the attention mask (and `target_mask` when
+    the batch has one), never by token id, so a genuine EOS inside a text
+    still counts."""
     ids, am = batch['input_ids'], batch['attention_mask']
     device = next(model.parameters()).device
     ids, am = ids.to(device), am.to(device)
@@ -75,10 +73,17 @@ def token_nll(model, batch):
     mask = am[:, 1:].bool() & am[:, :-1].bool()
     if 'target_mask' in batch:
         mask &= batch['target_mask'][:, 1:].to(device).bool()
-    nll = torch.nn.functional.cross_entropy(
+    logp = -torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
         reduction='none').view(mask.shape)
-    return (nll * mask).sum() / mask.sum().clamp(min=1)
+    return logp, mask
+
+
+def token_nll(model, batch):
+    """Mean NLL over the real target tokens of a batch (see
+    `token_logprobs`)."""
+    logp, mask = token_logprobs(model, batch)
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
 
 
 @contextmanager

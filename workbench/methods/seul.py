@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import WorkbenchError
-from ..train import token_nll
+from ..train import token_logprobs, token_nll
 from . import ga
 
 
@@ -111,13 +111,7 @@ def current_selection_loss(config):
     """A loss that selects the spans with the current model at each step,
     from the same forward pass (the selection drifts as unlearning goes)."""
     def loss(model, batch):
-        device = next(model.parameters()).device
-        ids = batch['input_ids'].to(device)
-        am = batch['attention_mask'].to(device)
-        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
-        logp = -torch.nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), ids[:, 1:], reduction='none')
-        valid = am[:, 1:].bool() & am[:, :-1].bool()
+        logp, valid = token_logprobs(model, batch)
         sel = select_tokens(logp.detach(), valid, config.quantile,
                             config.threshold, config.merge_gap)
         mean_logp = (logp * sel).sum() / sel.sum().clamp(min=1)
