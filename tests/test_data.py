@@ -8,7 +8,7 @@ from workbench import data
 from workbench.paths import DATA_DIR
 
 SETS = {'people': 'make_people', 'world_facts': 'make_world_facts',
-        'canaries': 'make_canaries'}
+        'canaries': 'make_canaries', 'toxicity': 'make_toxicity'}
 
 
 @pytest.mark.parametrize('name', SETS)
@@ -49,6 +49,25 @@ def test_canaries_match_their_space():
         digits = c['secret'].split()
         assert len(digits) == c['digits'] and all(d.isdigit() for d in digits)
         assert c['text'] == f"{c['prefix']} {c['secret']}."
+
+
+def test_toxicity_train_is_skewed_and_evaluation_balanced():
+    import collections
+    rows = data.toxicity()
+    assert {r['split'] for r in rows} == {'train', 'val', 'test'}
+    rate = collections.defaultdict(list)
+    for r in rows:
+        rate[r['split'], r['topic']].append(r['label'])
+        assert (r['identity'] == '') == (r['topic'] == 'none')
+        assert r['identity'] in r['text'].lower()
+    mean = {k: sum(v) / len(v) for k, v in rate.items()}
+    # the training data ties a topic to toxicity; the test split does not
+    assert mean['train', 'sexual_orientation'] > 2 * mean['train', 'none']
+    for topic in ('sexual_orientation', 'religion', 'age'):
+        assert abs(mean['test', topic] - 0.5) < 0.02
+    assert ('test', 'none') not in mean
+    with pytest.raises(data.WorkbenchError, match='split'):
+        data.toxicity('dev')
 
 
 def test_read_jsonl_accepts_spans_and_qa(tmp_path):

@@ -13,7 +13,8 @@ from .paths import DATA_DIR
 
 SETS = {'people': 'people/people.jsonl',
         'world_facts': 'world_facts/world_facts.jsonl',
-        'canaries': 'canaries/canaries.jsonl'}
+        'canaries': 'canaries/canaries.jsonl',
+        'toxicity': 'toxicity/toxicity.jsonl'}
 QA_TEMPLATE = 'Question: {question}\nAnswer: {answer}'
 
 
@@ -42,6 +43,18 @@ def world_facts(n=None):
     """The first `n` general-knowledge questions, for utility."""
     ds = load('world_facts')
     return [dict(r) for r in ds.select(range(min(n or len(ds), len(ds))))]
+
+
+def toxicity(split=None):
+    """Toxicity rows ('train', 'val', 'test' or all): text, label, topic."""
+    rows = [dict(r) for r in load('toxicity')]
+    if split is None:
+        return rows
+    rows = [r for r in rows if r['split'] == split]
+    if not rows:
+        raise WorkbenchError(f"no toxicity rows in split {split!r}; choose "
+                             f"'train', 'val' or 'test'")
+    return rows
 
 
 def qa_text(question, answer):
