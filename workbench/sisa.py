@@ -154,7 +154,11 @@ def default_pooling(config):
 
 def with_lora_head(backbone, lora_r=8, pooling=None):
     """LoRA adapters on every linear layer of `backbone`, a linear head."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
+    # peft still calls a transformers property that now warns on every use
+    warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
     pooling = pooling or default_pooling(backbone.config)
     backbone = get_peft_model(backbone, LoraConfig(
         r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
