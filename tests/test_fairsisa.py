@@ -233,3 +233,14 @@ def test_fairsisa_notebook_reproduces_the_claims(smoke_record):
     assert sweep['MV', 8]['equalized_odds_difference'] > \
         sweep['MV', 1]['equalized_odds_difference'] + 0.05
     assert rec['run']['best'] == 'joint'
+
+
+def test_7b_profile_refuses_without_a_gpu():
+    from workbench import toxicity
+    from workbench.profiles import get_profile
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(WorkbenchError, match='GPU'):
+        toxicity.setup(get_profile('7b'))
+    with pytest.raises(WorkbenchError, match='unknown group'):
+        toxicity.setup(get_profile('smoke'), progress=False).groups('pets')

@@ -99,6 +99,8 @@ def setup(profile, mode=None, progress=True, rows=None):
         learner = HeadLearner(embed(texts, profile.encoder,
                                     progress=progress), labels)
     elif mode == 'finetune':
+        from .models import check_gpu_memory
+        check_gpu_memory(profile)  # before loading anything
         training = dict(FINETUNE.get(profile.name, FINETUNE['cpu']))
         # at 7B the shards are adapters on the 7B causal LM itself
         name = profile.model if profile.name == '7b' else profile.encoder
@@ -106,7 +108,7 @@ def setup(profile, mode=None, progress=True, rows=None):
         model, tok = load_classifier(name, lora_r=8, dtype=dtype,
                                      gradient_checkpointing=(
                                          profile.gradient_checkpointing))
-        if profile.device != 'cpu' and torch.cuda.is_available():
+        if profile.device == 'cuda':
             model.to('cuda')
         learner = FinetuneLearner(model, tok, texts, labels)
     else:
