@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import WorkbenchError
+from .models import load_trainable_state, trainable_state
 
 
 @dataclass
@@ -117,6 +118,12 @@ class HeadLearner:
         return self.module(self.features[idx])
 
 
+def mean_pool(hidden, attention_mask):
+    """Mean of the hidden states over real tokens (sentence-transformers)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 class PooledClassifier(torch.nn.Module):
     """A backbone's hidden states, pooled, through a linear head.
 
@@ -136,9 +143,8 @@ class PooledClassifier(torch.nn.Module):
                             attention_mask=attention_mask)
         h = out.last_hidden_state if hasattr(out, 'last_hidden_state') \
             else out.hidden_states[-1]
-        mask = attention_mask.unsqueeze(-1).to(h.dtype)
         if self.pooling == 'mean':
-            return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return mean_pool(h, attention_mask)
         last = attention_mask.sum(1) - 1  # right padding
         return h[torch.arange(len(h)), last]
 
@@ -200,8 +206,6 @@ class FinetuneLearner:
         self.texts = list(texts)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.max_length = max_length
-        self.names = [n for n, p in model.named_parameters()
-                      if p.requires_grad]
 
     def init_state(self, seed):
         with torch.random.fork_rng(devices=[]):
@@ -219,14 +223,10 @@ class FinetuneLearner:
         return self.state()
 
     def state(self):
-        params = dict(self.model.named_parameters())
-        return {n: params[n].detach().clone() for n in self.names}
+        return trainable_state(self.model)
 
     def load(self, state):
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for n in self.names:
-                params[n].copy_(state[n])
+        load_trainable_state(self.model, state)
         return self.model
 
     def logits(self, idx):
@@ -455,9 +455,8 @@ def embed(texts, name='minilm', batch_size=64, progress=True):
             enc = tok(texts[i:i + batch_size], return_tensors='pt',
                       padding=True, truncation=True, max_length=128)
             h = encoder(**enc).last_hidden_state
-            mask = enc['attention_mask'].unsqueeze(-1).to(h.dtype)
-            pooled = (h * mask).sum(1) / mask.sum(1)
-            out.append(F.normalize(pooled, dim=-1))
+            out.append(F.normalize(mean_pool(h, enc['attention_mask']),
+                                   dim=-1))
     features = torch.cat(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.tmp')

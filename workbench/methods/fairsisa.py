@@ -216,3 +216,26 @@ def hps(predictions, y, groups, c_fp=1.0, c_fn=1.0):
     """Hardt-Price-Srebro for one binary predictor (signal: its label)."""
     return derived_predictor(np.asarray(predictions).astype(int), y, groups,
                              2, c_fp=c_fp, c_fn=c_fn)
+
+
+def fairlearn_hps(predictions, y, groups, new_predictions, new_groups):
+    """The same post-processing by fairlearn's ThresholdOptimizer
+    (equalized odds, accuracy objective; `c_FP = c_FN = 1`), for a
+    cross-check: fitted on (predictions, y, groups), P(Y~ = 1) returned for
+    the new predictions."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    predictions = np.asarray(predictions).astype(int)
+    if len(np.unique(predictions)) < 2:
+        model = DummyClassifier(strategy='constant',
+                                constant=predictions[0])
+    else:  # on its own labels as the only feature it predicts them back
+        model = LogisticRegression()
+    model.fit(predictions[:, None], predictions)
+    opt = ThresholdOptimizer(estimator=model, constraints='equalized_odds',
+                             objective='accuracy_score', prefit=True,
+                             predict_method='predict')
+    opt.fit(predictions[:, None], y, sensitive_features=groups)
+    new = np.asarray(new_predictions).astype(int)[:, None]
+    return opt._pmf_predict(new, sensitive_features=new_groups)[:, 1]
