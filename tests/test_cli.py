@@ -133,3 +133,61 @@ def test_unlearn_seul_own_data_with_spans(tmp_path, tiny_model_dir, cache):
     assert sma['after'] < sma['before'] - 0.3
     assert {'S-MA', 'S-EL_2', 'EL_10', 'MA'} <= set(rec['thresholds'])
     assert rec['run']['config']['spans'] == 'annotated'
+
+
+def test_loo_needs_a_partition_on_every_line(tmp_path, capsys):
+    (tmp_path / 'f.jsonl').write_text('{"text": "a secret", "partition": 1}\n')
+    (tmp_path / 'r.jsonl').write_text('{"text": "kept text"}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'loo', '--forget',
+                      str(tmp_path / 'f.jsonl'), '--retain',
+                      str(tmp_path / 'r.jsonl'), '--profile', 'smoke')
+    assert rc == 2 and err.count('\n') == 0
+    assert 'needs a "partition"' in err and 'lines [1]' in err
+
+
+def test_loo_needs_two_users(tmp_path, capsys):
+    (tmp_path / 'f.jsonl').write_text('{"text": "a secret", "partition": 1}\n')
+    (tmp_path / 'r.jsonl').write_text('{"text": "kept", "partition": 1}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'loo', '--forget',
+                      str(tmp_path / 'f.jsonl'), '--retain',
+                      str(tmp_path / 'r.jsonl'), '--profile', 'smoke')
+    assert rc == 2 and 'at least 2 partitions' in err
+
+
+def test_kga_needs_new_data(tmp_path, capsys):
+    (tmp_path / 'f.jsonl').write_text('{"text": "forget me"}\n')
+    (tmp_path / 'r.jsonl').write_text('{"text": "keep me"}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'kga', '--forget',
+                      str(tmp_path / 'f.jsonl'), '--retain',
+                      str(tmp_path / 'r.jsonl'), '--profile', 'smoke')
+    assert rc == 2 and 'needs --new' in err
+
+
+def test_loo_and_kga_run_on_a_users_files(tmp_path, capsys, cache):
+    lines = {
+        'f': [{'text': 'My PIN code is 6 6 0 4 8 7.', 'partition': 'ann',
+               'prefix': 'My PIN code is', 'secret': '6 6 0 4 8 7'}],
+        'r': [{'text': 'Ann likes long walks by the river.',
+               'partition': 'ann'},
+              {'text': 'Bob keeps bees behind his house.',
+               'partition': 'bob'}],
+        'n': [{'text': 'Cleo repairs old clocks in her shop.'}],
+    }
+    for name, rows in lines.items():
+        (tmp_path / f'{name}.jsonl').write_text(
+            '\n'.join(json.dumps(r) for r in rows) + '\n')
+    common = ['--forget', str(tmp_path / 'f.jsonl'), '--retain',
+              str(tmp_path / 'r.jsonl'), '--holdout', str(tmp_path / 'n.jsonl'),
+              '--profile', 'smoke', '--implant-epochs', '1', '--steps', '1',
+              '--out', str(tmp_path / 'out'), '--quiet']
+    assert main(['unlearn', '--method', 'loo', *common]) == 0
+    rec = json.loads((tmp_path / 'out' / 'unlearn_loo.json').read_text())
+    assert {'forget/MA', 'forget/nll', 'retain/perplexity',
+            'holdout/perplexity', 'forget/exposure'} <= set(rec['metrics'])
+    assert rec['run']['steps'] == 1
+    assert set(rec['run']['roles']) >= {'student', 'teacher0', 'teacher1'}
+    assert main(['unlearn', '--method', 'kga', *common, '--new',
+                 str(tmp_path / 'n.jsonl')]) == 0
+    rec = json.loads((tmp_path / 'out' / 'unlearn_kga.json').read_text())
+    assert 'forget/jsd_to_retrained' in rec['metrics']
+    assert rec['thresholds']['new_gap'] > 0

@@ -6,6 +6,10 @@
     python -m workbench unlearn --method ga --forget F.jsonl \\
         [--retain R.jsonl] [--holdout H.jsonl] [--model NAME] [--implant] \\
         --profile cpu --out results/
+    python -m workbench unlearn --method loo --forget F.jsonl \\
+        --retain R.jsonl    # every line with "partition" (its user)
+    python -m workbench unlearn --method kga --forget F.jsonl \\
+        --retain R.jsonl --new N.jsonl
 
 Every error is one line on stderr and a non-zero exit, never a traceback.
 """
@@ -106,8 +110,9 @@ def cmd_run(args):
 
 
 def cmd_unlearn(args):
-    from .unlearn import unlearn_files
-    path = unlearn_files(args)
+    from .unlearn import unlearn_files, unlearn_roles
+    path = (unlearn_roles if args.method in ('loo', 'kga')
+            else unlearn_files)(args)
     print_record(path)
 
 
@@ -125,23 +130,31 @@ def build_parser():
     run.add_argument('-p', '--param', nargs=2, action='append',
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
-    un.add_argument('--method', required=True, choices=['ga', 'seul'],
+    un.add_argument('--method', required=True,
+                    choices=['ga', 'seul', 'loo', 'kga'],
                     help='ga: gradient ascent (Jang et al.); seul: on '
-                         'sensitive spans only (Wang et al.)')
+                         'sensitive spans only (Wang et al.); loo: '
+                         'leave-one-out ensemble (Liu and Kalinli; lines '
+                         'need "partition"); kga: knowledge gap alignment '
+                         '(Wang et al.; needs --new)')
     un.add_argument('--forget', required=True,
                     help='JSONL: {"text": ..., "spans": [[start, end], ...]}'
                          ' (spans for seul; annotated when missing)')
     un.add_argument('--retain', help='JSONL kept and measured')
     un.add_argument('--holdout', help='JSONL never trained on (thresholds); '
                                       'default: the shipped unseen people')
+    un.add_argument('--new', help='kga: JSONL of the same kind, never '
+                                  'trained on (D_n)')
     un.add_argument('--model', help='model name, folder or hub id')
     un.add_argument('--implant', action='store_true',
                     help='first fine-tune until forget and retain are '
-                         'memorised (cached)')
+                         'memorised (cached); loo and kga always train '
+                         'their models (LoRA adapters, cached)')
     un.add_argument('--implant-lr', type=float,
                     help="implant learning rate (default: the profile's)")
     un.add_argument('--implant-epochs', type=int,
-                    help="most implant epochs (default: the profile's)")
+                    help="most implant epochs (default: the profile's; "
+                         "loo and kga: epochs of every model, 4)")
     un.add_argument('--profile', default='cpu', choices=PROFILES)
     un.add_argument('--steps', type=int, help='unlearning steps')
     un.add_argument('--lr', type=float,

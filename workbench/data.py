@@ -70,6 +70,12 @@ def tokenize(tokenizer, texts, max_length=None):
             'attention_mask': enc['attention_mask']}
 
 
+def used_width(attention_mask):
+    """Columns up to the last real token of any row (at least 2)."""
+    cols = attention_mask.any(0).nonzero()
+    return max(2, int(cols[-1]) + 1) if len(cols) else attention_mask.shape[1]
+
+
 def read_jsonl(path, tokenizer=None, max_tokens=None, what='file'):
     """Read a user's JSONL file, checking every line; errors are one line.
 
@@ -115,6 +121,20 @@ def batches(data, batch_size, generator=None):
         order = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
+            yield {k: v[idx] for k, v in data.items()}
+
+
+def bucketed_batches(data, batch_size, generator=None):
+    """Shuffled minibatches of texts of similar length, forever: the rows
+    are sorted by length and cut into batches (so short texts are not padded
+    to long ones), and the batches come in a new random order each epoch."""
+    lengths = data['attention_mask'].sum(1)
+    order = torch.argsort(lengths, stable=True)
+    groups = [order[i:i + batch_size]
+              for i in range(0, len(order), batch_size)]
+    while True:
+        for g in torch.randperm(len(groups), generator=generator):
+            idx = groups[g]
             yield {k: v[idx] for k, v in data.items()}
 
 

@@ -33,6 +33,9 @@ class Profile:
     el_n: int  # n of EL_n
     el_stride: int  # 1 is the paper's exact EL_n
     max_tokens: int = 512  # longest text accepted
+    role_layers: int = 0  # adapters of `workbench.roles` on the top n layers
+    # only (0: every layer); backpropagating through fewer layers halves
+    # the cost of training many models on a CPU
     min_gpu_gb: float = 0.0  # memory the profile needs on the GPU
 
     def as_dict(self):
@@ -47,13 +50,14 @@ PROFILES = {
         gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
         n_world=40, batch_size=4, implant_lr=3e-4, implant_epochs=12,
         implant_target_ma=0.9, unlearn_steps=20, unlearn_lr=5e-5, el_n=10,
-        el_stride=10, max_tokens=256),
+        el_stride=10, max_tokens=256, role_layers=10),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
         device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
         n_forget=8, n_retain=8, n_unseen=10, n_world=60, batch_size=4,
         implant_lr=3e-3, implant_epochs=20, implant_target_ma=0.9,
-        unlearn_steps=20, unlearn_lr=1e-3, el_n=10, el_stride=10),
+        unlearn_steps=20, unlearn_lr=1e-3, el_n=10, el_stride=10,
+        role_layers=10),
     'gpu': Profile(
         name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
         encoder='FacebookAI/roberta-base', dtype='bfloat16', device='cuda',

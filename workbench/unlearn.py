@@ -147,3 +147,131 @@ def _span_masks(setup, annotator, progress):
                                  f'lines: nothing for seul to unlearn or '
                                  f'measure')
     return masks
+
+
+def _partition_index(rows, what):
+    """The "partition" (user) of every line, as teacher indices."""
+    missing = [i + 1 for i, r in enumerate(rows) if 'partition' not in r]
+    if missing:
+        raise WorkbenchError(f'loo needs a "partition" (the user whose data '
+                             f'it is) on every line; the {what} file lacks '
+                             f'it on lines {missing[:5]}')
+    return [str(r['partition']) for r in rows]
+
+
+def _role_metrics(roles, role, tokens):
+    """Forget MA and mean NLL; retain and holdout perplexity."""
+    out = {}
+    with roles.active(role) as m:
+        f = tokens['forget']
+        stats = metrics.token_stats(m, f['input_ids'], f['attention_mask'])
+        out['forget/MA'] = metrics.memorization_accuracy(
+            m, f['input_ids'], stats=stats).mean().item()
+        out['forget/nll'] = metrics.sequence_nll(
+            m, f['input_ids'], stats=stats).mean().item()
+        for split in ('retain', 'holdout'):
+            t = tokens.get(split)
+            if t is not None:
+                out[f'{split}/perplexity'] = metrics.perplexity(
+                    m, t['input_ids'], t['attention_mask'])
+    return out
+
+
+def unlearn_roles(args):
+    """`unlearn --method loo|kga`: every model is a LoRA adapter on one
+    base (`workbench.roles`), trained here (cached) from the files."""
+    from . import knowledge_gap
+    from .methods import kga, loo
+    from .roles import Roles
+    profile = get_profile(args.profile, **({'model': args.model}
+                                           if args.model else {}))
+    models.check_gpu_memory(profile)
+    tok = models.load_tokenizer(profile.model)
+    limit = _context_limit(profile.model, profile)
+    forget = data.read_jsonl(args.forget, tok, limit, 'forget file')
+    if not args.retain:
+        raise WorkbenchError(f'{args.method} needs --retain (the rest of '
+                             f'the training data)')
+    retain = data.read_jsonl(args.retain, tok, limit, 'retain file')
+    holdout = data.read_jsonl(args.holdout, tok, limit, 'holdout file') \
+        if args.holdout else data.people('unseen', profile.n_unseen)
+    progress = not args.quiet
+    epochs = args.implant_epochs or 4
+    texts = lambda rows: [r['text'] for r in rows]  # noqa: E731
+    if args.method == 'loo':
+        users = _partition_index(forget, 'forget') + \
+            _partition_index(retain, 'retain')
+        names = sorted(set(users))
+        if len(names) < 2:
+            raise WorkbenchError('loo needs data of at least 2 partitions '
+                                 '(users): one teacher each')
+    else:
+        if not args.new:
+            raise WorkbenchError('kga needs --new: text of the same kind, '
+                                 'never in the training data (D_n)')
+        new = data.read_jsonl(args.new, tok, limit, 'new-data file')
+    roles = Roles(profile, progress)
+    lr = args.implant_lr
+    all_texts = texts(forget) + texts(retain)
+    tokens = {'forget': data.tokenize(tok, texts(forget)),
+              'retain': data.tokenize(tok, texts(retain)),
+              'holdout': data.tokenize(tok, texts(holdout))}
+    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    if args.method == 'loo':
+        roles.fit('student', all_texts, epochs, lr, desc='student')
+        teachers = []
+        for j, name in enumerate(names):
+            part = [r['text'] for r, u in zip(forget + retain, users)
+                    if u == name]
+            roles.fit(f'teacher{j}', part, epochs, lr,
+                      desc=f'teacher {j} ({name})')
+            teachers.append(f'teacher{j}')
+        before = _role_metrics(roles, 'student', tokens)
+        config = loo.LOOConfig(lr=args.lr or 1e-3,
+                               steps=args.steps or 10)
+        result = loo.unlearn(
+            roles, 'student', teachers, tokens['forget'],
+            [names.index(u) for u in users[:len(forget)]], config,
+            progress=progress)
+        after = _role_metrics(roles, 'unlearned', tokens)
+        secrets = [r for r in forget if 'prefix' in r and 'secret' in r]
+        if secrets:
+            for role, put in (('student', rec.before),
+                              ('unlearned', rec.after)):
+                with roles.active(role) as m:
+                    e = metrics.exposures(m, tok, secrets)
+                put('forget/exposure', sum(e) / len(e))
+    else:
+        roles.fit('A_D', all_texts, epochs, lr, desc='A_D')
+        roles.fit('A_f', texts(forget), epochs, lr, desc='A_f')
+        roles.fit('A_n', texts(new), epochs, lr, desc='A_n')
+        roles.fit('A_Dr', texts(retain), epochs, lr, desc='A_Dr (retrained)')
+        kga_tokens = {'forget': tokens['forget'], 'retain': tokens['retain'],
+                      'new': data.tokenize(tok, texts(new)),
+                      'test': tokens['holdout']}
+        setup = knowledge_gap.KGASetup(roles, {}, {}, kga_tokens,
+                                       data.world_facts(profile.n_world))
+        before = knowledge_gap.measure(setup, 'A_D')
+        config = kga.KGAConfig(lr=args.lr or 1e-3, steps=args.steps or 30)
+        result = kga.unlearn(roles, 'A_D', 'A_f', 'A_n', tokens['forget'],
+                             tokens['retain'], kga_tokens['new'], config,
+                             progress=progress)
+        after = knowledge_gap.measure(setup, 'unlearned')
+        rec.threshold('new_gap', result.gap)
+    print(f'{args.method}: {result.status} after {result.steps} steps'
+          + (f' ({result.message})' if result.message else ''))
+    for k, v in before.items():
+        rec.before(k, v)
+    for k, v in after.items():
+        rec.after(k, v)
+    rec.data['run'] = {'status': result.status, 'steps': result.steps,
+                       'message': result.message, 'config': asdict(config),
+                       'roles': roles.info}
+    out = results_dir(args.out)
+    if args.save_model:
+        roles.model.set_adapter('unlearned')
+        model_dir = out / f'unlearn_{args.method}_model'
+        roles.model.save_pretrained(model_dir, selected_adapters=['unlearned'])
+        tok.save_pretrained(model_dir)
+        print(f'saved the unlearned adapter to {model_dir}')
+    return rec.save(out)

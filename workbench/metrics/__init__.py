@@ -7,7 +7,9 @@ from .extraction import (exact_memorization, extraction_likelihood,
                          extraction_likelihood_naive, extraction_strength,
                          forgetting_thresholds, greedy_continue,
                          memorization_accuracy, overlap)
-from .likelihood import (exposure, mia_auc, mia_aucs, mia_scores,
+from .canary import exposure, exposures, extraction
+from .divergence import jsd, lpd_pdlp, token_jsd, token_kl
+from .likelihood import (mia_auc, mia_aucs, mia_scores,
                          perplexity, sequence_nll, token_stats)
 from .qa import (answer_probability, forget_quality, generate_answers,
                  model_utility, multiple_choice_accuracy, privleak,
@@ -17,11 +19,12 @@ from .spans import (char_precision_recall, selective_extraction_likelihood,
 
 __all__ = [
     'answer_probability', 'char_precision_recall', 'exact_memorization',
-    'exposure', 'extraction_likelihood', 'extraction_likelihood_naive',
+    'exposure', 'exposures', 'extraction', 'extraction_likelihood', 'extraction_likelihood_naive',
     'extraction_strength', 'forget_quality', 'forgetting_thresholds',
-    'generate_answers', 'greedy_continue', 'memorization_accuracy', 'mia_auc',
+    'generate_answers', 'greedy_continue', 'jsd', 'lpd_pdlp', 'memorization_accuracy', 'mia_auc',
     'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
     'overlap', 'perplexity', 'privleak', 'rouge_l_recall',
     'selective_extraction_likelihood', 'selective_memorization_accuracy',
-    'sequence_nll', 'span_mask', 'token_stats', 'truth_ratio', 'truth_ratios',
+    'sequence_nll', 'span_mask', 'token_jsd', 'token_kl', 'token_stats',
+    'truth_ratio', 'truth_ratios',
 ]

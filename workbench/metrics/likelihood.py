@@ -1,5 +1,5 @@
 """Token log-likelihoods and what is built on them: perplexity, membership
-inference (LOSS, zlib, Min-K%, Min-K%++) and canary exposure.
+inference (LOSS, zlib, Min-K%, Min-K%++).
 
 Membership-inference scores follow OpenUnlearning's convention: a higher
 score means "looks less like a member", and the AUC labels the forget set 0
@@ -7,12 +7,13 @@ and the holdout set 1, so AUC = 1 when the forget set is far more likely
 than the holdout set and 0.5 when they are indistinguishable.
 """
 import math
-import random
 import zlib
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+from ..data import used_width
 
 
 def _device(model):
@@ -37,13 +38,13 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
     T = input_ids.shape[1]
-    rows = batch_size or max(1, max_tokens // max(1, _used_width(
+    rows = batch_size or max(1, max_tokens // max(1, used_width(
         attention_mask)))
     for i in range(0, input_ids.shape[0], rows):
         am = attention_mask[i:i + rows]
         # right-padded rows: drop the columns that are padding in the whole
         # batch (a globally padded set wastes most of its compute on them)
-        width = _used_width(am)
+        width = used_width(am)
         ids = input_ids[i:i + rows, :width].to(device)
         am = am[:, :width].to(device)
         logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
@@ -64,12 +65,6 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
                                 .clamp(min=1e-6).sqrt())
     return {k: torch.cat([_pad_to(t, T - 1) for t in v]).cpu()
             for k, v in out.items() if v}
-
-
-def _used_width(attention_mask):
-    """Columns up to the last real token of any row (at least 2)."""
-    cols = attention_mask.any(0).nonzero()
-    return max(2, int(cols[-1]) + 1) if len(cols) else attention_mask.shape[1]
 
 
 def _pad_to(t, width):
@@ -155,32 +150,3 @@ def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
         labels = np.r_[np.zeros(len(f)), np.ones(len(h))]
         out[attack] = float(roc_auc_score(labels, np.r_[f, h]))
     return out
-
-
-def exposure(model, tokenizer, prefix, secret, digits=None,
-             n_candidates=1000, seed=0):
-    """Canary exposure (Carlini et al. 2019), over a sampled candidate space.
-
-    exposure = log2 |R| - log2 rank, where rank counts candidate secrets
-    whose canary is at least as likely as the true one. The space R is every
-    string of `digits` space-separated digits; the rank is estimated from
-    `n_candidates` random candidates (1 + the fraction ranked above, scaled
-    to |R| - 1).
-    """
-    digits = digits or len(secret.split())
-    space = 10 ** digits
-    rng = random.Random(seed)
-    cands = set()
-    while len(cands) < min(n_candidates, space - 1):
-        c = ' '.join(str(rng.randrange(10)) for _ in range(digits))
-        if c != secret:
-            cands.add(c)
-    texts = [f'{prefix} {secret}.'] + sorted(cands)
-    texts[1:] = [f'{prefix} {c}.' for c in texts[1:]]
-    enc = tokenizer(texts, return_tensors='pt', padding=True)
-    s = token_stats(model, enc['input_ids'], enc['attention_mask'],
-                    batch_size=32)
-    nll = -(s['logprob'] * s['mask']).sum(1)  # total NLL of each canary
-    lower = (nll[1:] <= nll[0]).float().mean().item()
-    rank = 1 + lower * (space - 1)
-    return math.log2(space) - math.log2(rank)

@@ -1,0 +1,152 @@
+"""The leave-one-out ensemble and KGA: soft labels, KL and JSD with padding,
+the gap objective, the roles that hold every model on one base, and the
+canary metrics; each against a hand computation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import WorkbenchError, metrics
+from workbench.methods import kga, loo
+from workbench.metrics.canary import exposure_from_nlls
+
+
+def _logp(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(*shape, generator=g) * 3, -1)
+
+
+def test_leave_one_out_averages_the_other_teachers():
+    t = _logp(3, 2, 4, 5)  # 3 teachers, 2 sequences, 4 positions, vocab 5
+    q = loo.ensemble_logprobs(t, excluded=[1, None])
+    probs = t.exp()
+    assert torch.allclose(q[0].exp(), (probs[0, 0] + probs[2, 0]) / 2,
+                          atol=1e-6)
+    assert torch.allclose(q[1].exp(), probs[:, 1].mean(0), atol=1e-6)
+    assert torch.allclose(q.exp().sum(-1), torch.ones(2, 4), atol=1e-5)
+
+
+def test_one_teacher_cannot_leave_one_out():
+    with pytest.raises(WorkbenchError, match='no teacher left'):
+        loo.ensemble_logprobs(_logp(1, 1, 2, 3), excluded=[0])
+
+
+def test_token_kl_masks_padding_and_matches_torch():
+    target, logp = _logp(2, 3, 6), _logp(2, 3, 6, seed=1)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    kl = metrics.token_kl(target, logp, mask)
+    ref = torch.nn.functional.kl_div(logp[mask], target[mask],
+                                     log_target=True, reduction='sum') / 4
+    assert kl.item() == pytest.approx(ref.item(), rel=1e-5)
+    changed = logp.clone()
+    changed[1, 1:] = _logp(2, 6, seed=2)  # padded positions only
+    assert metrics.token_kl(target, changed, mask).item() == \
+        pytest.approx(kl.item(), rel=1e-6)
+    assert metrics.token_kl(target, target, mask).item() == \
+        pytest.approx(0.0, abs=1e-6)
+
+
+def test_jsd_is_symmetric_bounded_and_zero_on_equal():
+    p, q = _logp(2, 3, 6), _logp(2, 3, 6, seed=1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    a, b = metrics.token_jsd(p, q, mask), metrics.token_jsd(q, p, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert (a > 0).all() and (a <= math.log(2) + 1e-6).all()
+    assert torch.allclose(metrics.token_jsd(p, p, mask), torch.zeros(2, 3),
+                          atol=1e-6)
+    # disjoint point masses: the maximum, log 2
+    one = torch.log(torch.tensor([[[1.0, 1e-30]]]))
+    two = torch.log(torch.tensor([[[1e-30, 1.0]]]))
+    assert metrics.token_jsd(one, two, torch.ones(1, 1, dtype=torch.bool)
+                             ).item() == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_lpd_and_pdlp():
+    out = metrics.lpd_pdlp(np.log([2.0, 4.0]), np.log([3.0, 4.0]))
+    assert out['LPD'] == pytest.approx(0.5)
+    assert out['LPD_relative'] == pytest.approx(0.25)
+    assert out['PDLP'] == pytest.approx(0.5)
+
+
+def test_kga_alignment_is_the_gap_difference(tiny):
+    ids = torch.randint(1, 64, (2, 6), generator=torch.Generator()
+                        .manual_seed(0))
+    am = torch.ones_like(ids)
+    am[1, 4:] = 0
+    batch = {'input_ids': ids, 'attention_mask': am}
+    target = _logp(2, 5, 64, seed=3)
+    forget = {**batch, 'target_logprobs': target}
+    logp, mask = kga.vocab_logprobs(tiny, batch)
+    kl = metrics.token_kl(target, logp, mask).item()
+    l_a, gap_f = kga.alignment(tiny, forget, gap=kl + 0.25)
+    assert gap_f.item() == pytest.approx(kl, rel=1e-5)
+    assert l_a.item() == pytest.approx(0.25, abs=1e-5)
+    loss, parts = kga.kga_loss(tiny, {
+        'forget': forget, 'gap': kl + 0.25, 'alpha': 2.0,
+        'retain': {**batch, 'target_logprobs': logp.detach()}})
+    # the retain KL of a model against its own distribution is zero
+    assert parts['retain_kl'] == pytest.approx(0.0, abs=1e-5)
+    assert loss.item() == pytest.approx(0.25, abs=1e-4)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(WorkbenchError, match='ensemble'):
+        loo.LOOConfig(ensemble='half')
+    with pytest.raises(WorkbenchError, match='retain_weight'):
+        kga.KGAConfig(retain_weight=-1)
+
+
+def test_exposure_extrapolates_with_a_skew_normal():
+    rng = np.random.default_rng(0)
+    cands = rng.normal(30.0, 2.0, 200)
+    middle = exposure_from_nlls(30.0, cands, 6)
+    assert middle == pytest.approx(1.0, abs=0.2)  # half the space below
+    far = exposure_from_nlls(16.0, cands, 6)
+    # 7 standard deviations below every candidate: rank 1 of 10^6
+    assert far == pytest.approx(math.log2(10 ** 6))
+    mid_far = exposure_from_nlls(24.0, cands, 6)
+    # 3 sd below: beyond what 200 samples can rank, not capped
+    assert 8 < mid_far < math.log2(10 ** 6)
+    assert exposure_from_nlls(24.0, cands, 6, 'rank') == \
+        pytest.approx(math.log2(10 ** 6))
+
+
+@pytest.fixture(scope='module')
+def roles():
+    from workbench.roles import Roles
+    return Roles('smoke', progress=False)
+
+
+def test_roles_share_one_base(roles, cache):
+    texts = ['The locker combination is 8 2 4 2 1 9.']
+    info = roles.fit('a', texts, epochs=2)
+    assert info['cached'] is False
+    batch = metrics_batch(roles, texts)
+    with roles.active(None) as m:
+        base = m(**batch).logits
+    with roles.active('a') as m:
+        trained = m(**batch).logits
+    assert not torch.allclose(base, trained)
+    roles.copy('a', 'b')
+    # only the active role is trainable
+    trainable = {n for n, p in roles.model.named_parameters()
+                 if p.requires_grad}
+    assert trainable and all('.b.' in n for n in trainable)
+    with roles.active('b') as m:
+        assert torch.allclose(m(**batch).logits, trained)
+    assert roles.model.active_adapter == 'b'  # restored after `active`
+    # a second fit of the same texts loads the same weights from the cache
+    again = roles.fit('c', texts, epochs=2)
+    assert again['cached'] is True
+    with roles.active('c') as m:
+        assert torch.allclose(m(**batch).logits, trained)
+    roles.drop('c')
+    with pytest.raises(WorkbenchError, match="no role 'c'"):
+        roles.state('c')
+
+
+def metrics_batch(roles, texts):
+    enc = roles.tokenizer(texts, return_tensors='pt')
+    return {'input_ids': enc['input_ids'],
+            'attention_mask': enc['attention_mask']}

@@ -1,0 +1,150 @@
+"""The people experiments of notebook 04 (KGA).
+
+D = D_f + D_r: forget and retain people's bios; D_n: other people, never in
+A_D's training; a test set of yet other people, seen by no model. Every
+model is a LoRA adapter on one base (`workbench.roles`): A_D on D, A_f on
+D_f, A_n on D_n, and A_Dr on D_r alone (the retrained model, for evaluation
+only). `measure` compares any of them with A_Dr.
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from . import data, metrics
+from .methods import kga
+from .profiles import get_profile
+from .roles import Roles, vocab_logprobs
+
+# per profile: people in D_f, D_r, D_n and the test set; epochs of A_D and
+# A_Dr, and of A_f and A_n. A_f and A_n are models trained on a small data
+# set, not memorisers of it: trained as long as A_D, their near one-hot
+# predictions dominate both gaps and KGA acts like gradient ascent.
+SIZES = {
+    'smoke': dict(forget=2, retain=4, new=2, test=4, epochs=8, side_epochs=2),
+    'cpu': dict(forget=4, retain=8, new=4, test=8, epochs=8, side_epochs=2),
+    'gpu': dict(forget=10, retain=30, new=10, test=10, epochs=8,
+                side_epochs=2),
+}
+SIZES['7b'] = SIZES['gpu']
+
+
+@dataclass
+class KGARun:
+    """What the notebook's panel varies (KGA's hyperparameters)."""
+    lr: float = field(default=1e-3, metadata={
+        'min': 1e-5, 'max': 1e-2, 'log': True, 'help': 'Adam learning rate'})
+    steps: int = field(default=30, metadata={
+        'min': 1, 'max': 200, 'help': 'most updates'})
+    retain_weight: float = field(default=0.3, metadata={
+        'min': 0.0, 'max': 3.0, 'help': 'alpha: weight of the retain KL'})
+    stop_value: float = field(default=0.05, metadata={
+        'min': 0.0, 'max': 1.0, 'help': 'stop at this alignment loss'})
+
+
+@dataclass
+class KGASetup:
+    """The trained roles, the people and the tokenised splits."""
+    roles: Roles
+    sizes: dict
+    rows: dict  # split -> people rows
+    tokens: dict  # 'forget', 'retain', 'new', 'test' -> tokenised
+    world: list
+    retrained: dict = field(default_factory=dict)  # A_Dr's distributions
+
+    def retrained_logprobs(self, split):
+        """A_Dr's next-token distributions on a whole split (computed
+        once: A_Dr is frozen)."""
+        if split not in self.retrained:
+            self.retrained[split] = self.roles.logprobs(
+                'A_Dr', self.tokens[split])
+        return self.retrained[split]
+
+    @property
+    def profile(self):
+        return self.roles.profile
+
+
+def setup(profile='smoke', progress=True, **sizes):
+    """Train (or load from the cache) A_D, A_f, A_n and A_Dr."""
+    p = get_profile(profile)
+    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    unseen = data.people('unseen', s['new'] + s['test'])
+    rows = {'forget': data.people('forget', s['forget']),
+            'retain': data.people('retain', s['retain']),
+            'new': unseen[:s['new']], 'test': unseen[s['new']:]}
+    texts = {k: [r['text'] for r in v] for k, v in rows.items()}
+    roles = Roles(p, progress)
+    e = s['epochs']
+    roles.fit('A_D', texts['forget'] + texts['retain'], e,
+              desc='A_D (all data)')
+    roles.fit('A_f', texts['forget'], s['side_epochs'],
+              desc='A_f (forget set)')
+    roles.fit('A_n', texts['new'], s['side_epochs'], desc='A_n (new data)')
+    roles.fit('A_Dr', texts['retain'], e, desc='A_Dr (retrained)')
+    tokens = {k: data.tokenize(roles.tokenizer, v) for k, v in texts.items()}
+    return KGASetup(roles, s, rows, tokens, data.world_facts(p.n_world))
+
+
+@torch.no_grad()
+def quick(setup, model, rows=2):
+    """Per-step numbers: JSD to A_Dr on the forget and test sets (mean
+    over real tokens; `rows` texts at a time)."""
+    out = {}
+    for s in ('forget', 'test'):
+        ref, mask = setup.retrained_logprobs(s)
+        tokens = {k: v[:, :ref.shape[1] + 1] for k, v in
+                  setup.tokens[s].items()}
+        total = 0.0
+        for i in range(0, ref.shape[0], rows):
+            logp, m = vocab_logprobs(model, {k: v[i:i + rows]
+                                             for k, v in tokens.items()})
+            w = logp.shape[1]
+            total += metrics.token_jsd(logp, ref[i:i + rows, :w],
+                                       m).sum().item()
+        out[f'{s}/jsd_to_retrained'] = total / mask.sum().item()
+    return out
+
+
+def measure(setup, role, world=True):
+    """JSD to A_Dr (forget, test), forget MA, perplexities, membership
+    inference (forget vs test), world_facts accuracy, and LPD/PDLP on the
+    forget set against A_D, of role `role`."""
+    roles, tok = setup.roles, setup.roles.tokenizer
+    with roles.active(role) as m:
+        out = quick(setup, m)
+    f, t = setup.tokens['forget'], setup.tokens['test']
+    with roles.active('A_D') as m:
+        nll_before = metrics.sequence_nll(m, f['input_ids'],
+                                          f['attention_mask'])
+    with roles.active(role) as m:
+        stats = metrics.token_stats(m, f['input_ids'], f['attention_mask'])
+        out['forget/MA'] = metrics.memorization_accuracy(
+            m, f['input_ids'], stats=stats).mean().item()
+        out['forget/perplexity'] = metrics.perplexity(m, f['input_ids'],
+                                                      stats=stats)
+        nll_after = metrics.sequence_nll(m, f['input_ids'], stats=stats)
+        out.update({f'forget/{k}': v for k, v in metrics.lpd_pdlp(
+            nll_before.numpy(), nll_after.numpy()).items()})
+        out['test/perplexity'] = metrics.perplexity(m, t['input_ids'],
+                                                    t['attention_mask'])
+        out['mia/auc'] = metrics.mia_auc(m, f, t)
+        r = setup.tokens['retain']
+        out['retain/MA'] = metrics.memorization_accuracy(
+            m, r['input_ids'], r['attention_mask']).mean().item()
+        if world:
+            out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
+                m, tok, setup.world)
+    return out
+
+
+def unlearn(setup, run, callbacks=(), progress=True, name='A_star'):
+    """KGA from A_D with the settings of `run` (a KGARun); returns the
+    TrainResult (role `name` holds the unlearned model)."""
+    config = kga.KGAConfig(lr=run.lr, steps=run.steps,
+                           retain_weight=run.retain_weight,
+                           stop_value=run.stop_value)
+    t = setup.tokens
+    return kga.unlearn(setup.roles, 'A_D', 'A_f', 'A_n', t['forget'],
+                       t['retain'], t['new'], config, callbacks,
+                       evaluate=lambda m: quick(setup, m), progress=progress,
+                       name=name)

@@ -1,0 +1,151 @@
+"""KGA: knowledge gap alignment.
+
+Wang et al., "KGA: A General Machine Unlearning Framework Based on
+Knowledge Gap Alignment", ACL 2023, https://arxiv.org/abs/2305.06535
+
+On data a model never saw (D_n), the original model A_D differs from a
+model trained on that data (A_n) by some gap. KGA trains A* (initialised
+as A_D) so that on the forget set its gap to a model trained on D_f (A_f)
+is that same gap: D_f then looks unseen to A*. A distillation term keeps A*
+close to A_D on the retained data. A_D, A_f and A_n are frozen, so their
+distributions are computed once, before the first step.
+
+One KL direction for both gaps, KL(model that trained on the data ||
+model that did not), as the paper's generation code; padded positions are
+masked out of every KL (the official code averages them in).
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import WorkbenchError
+from ..metrics import token_kl
+from ..roles import vocab_logprobs
+from ..train import TrainConfig, train
+
+
+@dataclass
+class KGAConfig:
+    """Hyperparameters of KGA (generation task defaults where they
+    transfer; the learning rate is for LoRA)."""
+    lr: float = field(default=1e-3, metadata={
+        'min': 1e-5, 'max': 1e-2, 'log': True, 'help': 'Adam learning rate'})
+    steps: int = field(default=30, metadata={
+        'min': 1, 'max': 200, 'help': 'most updates'})
+    retain_weight: float = field(default=0.3, metadata={
+        'min': 0.0, 'max': 3.0, 'help': 'alpha: weight of the retain KL'})
+    batch_size: int = field(default=4, metadata={
+        'min': 1, 'max': 32, 'help': 'retained texts per update'})
+    stop_value: float = field(default=0.05, metadata={
+        'min': 0.0, 'max': 1.0, 'help': 'stop when the alignment loss '
+                                        'on the forget set is below this'})
+    seed: int = field(default=0, metadata={
+        'min': 0, 'max': 100, 'help': 'random seed'})
+
+    def __post_init__(self):
+        if (not self.lr > 0 or self.steps < 1 or self.retain_weight < 0
+                or self.batch_size < 1 or self.stop_value < 0):
+            raise WorkbenchError(f'KGA needs lr > 0, steps >= 1, '
+                                 f'retain_weight >= 0, batch_size >= 1 and '
+                                 f'stop_value >= 0, got {self}')
+
+
+Config = KGAConfig
+
+
+@torch.no_grad()
+def mean_kl(roles, target, model_role, data, rows=8):
+    """KL(target || model_role) averaged over every real token of `data`
+    (token-weighted over all batches, not one batch's value)."""
+    total, count = 0.0, 0
+    n = data['input_ids'].shape[0]
+    for i in range(0, n, rows):
+        batch = {k: v[i:i + rows] for k, v in data.items()}
+        t, mask = roles.logprobs(target, batch)
+        lp, _ = roles.logprobs(model_role, batch)
+        total += token_kl(t, lp, mask).item() * mask.sum().item()
+        count += mask.sum().item()
+    return total / max(count, 1)
+
+
+def alignment(model, forget, gap):
+    """|KL(A_f || A*) on the forget texts - the new-data gap|, with the
+    forget gap itself."""
+    logp, mask = vocab_logprobs(model, forget)
+    forget_gap = token_kl(forget['target_logprobs'], logp, mask)
+    return (forget_gap - gap).abs(), forget_gap
+
+
+def kga_loss(model, batch):
+    """The KGA objective for one update; `batch` holds the forget texts
+    and a retained minibatch, each with its frozen target distributions,
+    the new-data gap and alpha."""
+    # L_a = | KL(A_f(x_f) || A*(x_f)) - KL(A_n(x_n) || A_D(x_n)) |
+    l_a, forget_gap = alignment(model, batch['forget'], batch['gap'])
+    # L_r = KL(A_D(x_r) || A*(x_r))
+    logp, mask = vocab_logprobs(model, batch['retain'])
+    l_r = token_kl(batch['retain']['target_logprobs'], logp, mask)
+    # L = L_a + alpha L_r
+    loss = l_a + batch['alpha'] * l_r
+    return loss, {'alignment': l_a.item(), 'forget_gap': forget_gap.item(),
+                  'retain_kl': l_r.item()}
+
+
+def prepare(roles, a_d, a_f, a_n, forget, retain, new):
+    """Everything frozen, computed once: A_f's distributions on the forget
+    texts, A_D's on the retained texts, and the new-data gap
+    KL(A_n || A_D) averaged over all of D_n."""
+    gap = mean_kl(roles, a_n, a_d, new)
+    f_t, _ = roles.logprobs(a_f, forget)
+    r_t, _ = roles.logprobs(a_d, retain)
+    return ({**forget, 'target_logprobs': f_t},
+            {**retain, 'target_logprobs': r_t}, gap)
+
+
+def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
+            evaluate=None, should_stop=None, progress=True,
+            name='unlearned'):
+    """Copy role `a_d` to role `name` and run KGA on it with the frozen
+    roles `a_f` (trained on the forget texts) and `a_n` (trained on the new
+    texts `new`). `forget`, `retain`, `new` are tokenised. Returns the
+    TrainResult; `result.gap` is the new-data gap aimed at.
+
+    Every update sees the whole forget set and a random minibatch of the
+    retained texts. The run stops early (as the paper's `stop_value`) when
+    `evaluate` reports `kga/alignment` at or below `config.stop_value`.
+    """
+    forget_t, retain_t, gap = prepare(roles, a_d, a_f, a_n, forget, retain,
+                                      new)
+    model = roles.copy(a_d, name)
+    gen = torch.Generator().manual_seed(config.seed)
+    n = retain['input_ids'].shape[0]
+
+    def updates():
+        while True:
+            for idx in torch.randperm(n, generator=gen).split(
+                    config.batch_size):
+                yield {'forget': forget_t, 'gap': gap,
+                       'alpha': config.retain_weight,
+                       'retain': {k: v[idx] for k, v in retain_t.items()}}
+
+    def measured(m):
+        with torch.no_grad():
+            l_a, fg = alignment(m, forget_t, gap)
+        out = {'kga/alignment': l_a.item(), 'kga/forget_gap': fg.item(),
+               'kga/new_gap': gap}
+        return {**out, **(evaluate(m) if evaluate else {})}
+
+    def stop(metrics):
+        if metrics['kga/alignment'] <= config.stop_value:
+            return (f'alignment loss {metrics["kga/alignment"]:.3f} <= '
+                    f'{config.stop_value}')
+        return should_stop(metrics) if should_stop else None
+
+    loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
+                       seed=config.seed, desc='KGA', progress=progress)
+    result = train(model, kga_loss, updates(), loop, callbacks, measured,
+                   stop)
+    result.gap = gap
+    return result
+
+

@@ -1,0 +1,56 @@
+"""Divergences between next-token distributions, and KGA's evaluation.
+
+`token_kl` is the training signal of the distillation methods (the
+leave-one-out ensemble, KGA); `jsd`, `lpd_pdlp` are KGA's measures of how
+close an unlearned model is to one retrained without the forget set.
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def token_kl(target_logp, logp, mask):
+    """Mean over real target tokens of KL(target || model) per position:
+    sum_v q(v) (log q(v) - log p(v)). Both log-distributions are (B, T, V);
+    padded positions (mask False) are left out, not averaged in. A target
+    computed over a wider batch is cut to the model's width."""
+    target_logp = target_logp[:, :logp.shape[1]]
+    kl = (target_logp.exp() * (target_logp - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_jsd(logp, logq, mask):
+    """Jensen-Shannon divergence per position, (B, T): KL(P||M)/2 +
+    KL(Q||M)/2 with M = (P + Q)/2, in nats (at most log 2)."""
+    logm = torch.logaddexp(logp, logq) - math.log(2)
+    return 0.5 * ((logp.exp() * (logp - logm)).sum(-1)
+                  + (logq.exp() * (logq - logm)).sum(-1)) * mask
+
+
+@torch.no_grad()
+def jsd(logprobs_a, logprobs_b, data, rows=8):
+    """Mean JSD between two models' next-token distributions over the real
+    tokens of tokenised `data`. `logprobs_x(batch)` returns the model's
+    (B, W-1, V) log-distributions and the mask (e.g. `Roles.logprobs`)."""
+    total, count = 0.0, 0
+    n = data['input_ids'].shape[0]
+    for i in range(0, n, rows):
+        batch = {k: v[i:i + rows] for k, v in data.items()}
+        lp, mask = logprobs_a(batch)
+        lq, _ = logprobs_b(batch)
+        total += token_jsd(lp, lq, mask).sum().item()
+        count += mask.sum().item()
+    return total / max(count, 1)
+
+
+def lpd_pdlp(nll_before, nll_after):
+    """KGA's language-model probability distance and proportion of
+    decreased probability, from per-text mean NLLs before and after:
+    LPD = mean |PPL_before - PPL_after| (and relative to PPL_before),
+    PDLP = fraction of texts whose perplexity went up."""
+    before = np.exp(np.asarray(nll_before, dtype=float))
+    after = np.exp(np.asarray(nll_after, dtype=float))
+    return {'LPD': float(np.mean(np.abs(before - after))),
+            'LPD_relative': float(np.mean(np.abs(before - after) / before)),
+            'PDLP': float(np.mean(after > before))}

@@ -1,0 +1,249 @@
+"""One base model, many roles: named LoRA adapters on a single copy of the
+weights.
+
+Several papers need several models of the same architecture: the
+leave-one-out ensemble's student, M teachers and the retrained oracle; KGA's
+A_D, A_f, A_n, the unlearned A* and the retrained A_Dr. Here each is a LoRA
+adapter on one frozen base (the pretrained model), so M + 2 models cost one
+base in memory plus a few MB each, at 135M parameters and at 7B alike.
+
+`Roles.fit(name, texts, epochs)` trains an adapter on texts (cached on disk
+under a hash of everything it depends on), `copy` starts one adapter from
+another's weights, and `active(name)` runs the model as one role. peft makes
+only the active adapter trainable, so switching roles also switches which
+weights an optimizer can move: compute frozen roles' outputs first, then
+switch to the trainable role for its forward and backward pass.
+"""
+import hashlib
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager
+
+import torch
+
+from . import WorkbenchError, models
+from .data import bucketed_batches, tokenize
+from .metrics import memorization_accuracy
+from .paths import cache_dir
+from .profiles import get_profile
+from .train import TrainConfig, token_nll, train
+
+VERSION = 1  # bump when the training recipe of a role changes
+
+
+def adapter_lr(profile):
+    """Learning rate for training a LoRA adapter under `profile` (the
+    profile's own when it trains LoRA, else the cpu profile's)."""
+    return profile.implant_lr if profile.lora else 3e-3
+
+
+class Roles:
+    """A base causal LM with named LoRA adapters, one per role."""
+
+    def __init__(self, profile='smoke', progress=True):
+        self.profile = get_profile(profile)
+        p = self.profile
+        base, self.tokenizer = models.load_causal_lm(p.model, p)
+        if p.gradient_checkpointing:
+            base.gradient_checkpointing_enable()
+            base.config.use_cache = False
+        self.base = base
+        self.model = None  # the PeftModel, made with the first role
+        self.progress = progress
+        self.info = {}  # role -> how it was made
+
+    @property
+    def names(self):
+        return [] if self.model is None else list(self.model.peft_config)
+
+    def _config(self):
+        from peft import LoraConfig
+        r, top = self.profile.lora_r, self.profile.role_layers
+        if not top:
+            return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                              target_modules='all-linear',
+                              task_type='CAUSAL_LM')
+        n = self.base.config.num_hidden_layers
+        head = self.base.get_output_embeddings()
+        linear = sorted({name.rsplit('.', 1)[-1] for name, m in
+                         self.base.named_modules()
+                         if isinstance(m, torch.nn.Linear) and m is not head})
+        return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                          target_modules=linear,
+                          layers_to_transform=list(range(max(0, n - top), n)),
+                          task_type='CAUSAL_LM')
+
+    def add(self, name, state=None):
+        """A new adapter `name`: fresh (LoRA's B = 0, so it starts as the
+        base model), or with the weights of `state`."""
+        import warnings
+
+        from peft import get_peft_model, set_peft_model_state_dict
+        warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
+        if name in self.names:
+            raise WorkbenchError(f'role {name!r} exists already')
+        if self.model is None:
+            self.model = get_peft_model(self.base, self._config(),
+                                        adapter_name=name)
+        else:
+            self.model.add_adapter(name, self._config())
+        if state is not None:
+            set_peft_model_state_dict(self.model, state, adapter_name=name)
+        self.model.set_adapter(name)
+        self.model.eval()
+        return self.model
+
+    def state(self, name):
+        """A copy of the adapter weights of role `name`."""
+        from peft import get_peft_model_state_dict
+        self._check(name)
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(
+            self.model, adapter_name=name).items()}
+
+    def copy(self, src, dst):
+        """A new role `dst` that starts as a copy of `src` (replacing any
+        earlier `dst`); it is the active, trainable role afterwards."""
+        state = self.state(src)
+        if dst in self.names:
+            self.drop(dst)
+        self.add(dst, state)
+        self.info[dst] = {'copy_of': src}
+        return self.model
+
+    def drop(self, name):
+        """Delete role `name` (e.g. the teacher that saw a deleted text)."""
+        self._check(name)
+        if len(self.names) == 1:
+            raise WorkbenchError('the last role cannot be dropped')
+        active = self.model.active_adapter
+        self.model.delete_adapter(name)
+        if active != name:
+            self.model.set_adapter(active)
+        self.info.pop(name, None)
+
+    def _check(self, name):
+        if name not in self.names:
+            raise WorkbenchError(f'no role {name!r}; the roles are '
+                                 f'{", ".join(self.names) or "none yet"}')
+
+    @contextmanager
+    def active(self, name):
+        """Run the model as role `name` (None: the bare base); the role that
+        was active before is restored on exit."""
+        if name is None:
+            if self.model is None:
+                yield self.base
+                return
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        self._check(name)
+        before = self.model.active_adapter
+        self.model.set_adapter(name)
+        try:
+            yield self.model
+        finally:
+            self.model.set_adapter(before)
+
+    def key(self, texts, epochs, lr, seed):
+        """Hash of everything a trained role depends on."""
+        p = self.profile
+        spec = {'version': VERSION, 'model': models.resolve(p.model).path,
+                'texts': list(texts), 'epochs': epochs, 'lr': lr,
+                'seed': seed, 'r': p.lora_r, 'layers': p.role_layers,
+                'dtype': p.dtype,
+                'batch_size': p.batch_size}
+        blob = json.dumps(spec, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def fit(self, name, texts, epochs, lr=None, seed=0, desc=None):
+        """Train role `name` (a fresh adapter) on `texts` for `epochs`
+        passes, or load it from the cache. Returns its info: MA reached on
+        the texts, seconds spent, whether it came from the cache."""
+        from safetensors.torch import load_file, save_file
+        if not texts:
+            raise WorkbenchError(f'role {name!r} needs at least one text')
+        lr = lr or adapter_lr(self.profile)
+        entry = cache_dir() / 'roles' / self.key(texts, epochs, lr, seed)
+        if name in self.names:
+            self.drop(name)
+        tokens = tokenize(self.tokenizer, texts)
+        start = time.perf_counter()
+        if (entry / 'adapter.safetensors').exists():
+            try:
+                state = load_file(str(entry / 'adapter.safetensors'))
+                info = json.loads((entry / 'info.json').read_text())
+                self.add(name, state)
+                self.info[name] = dict(info, cached=True)
+                return self.info[name]
+            except (OSError, ValueError, KeyError, RuntimeError):
+                print(f'role cache entry {entry.name} is unreadable; '
+                      f'retraining')
+                if name in self.names:
+                    self.drop(name)
+                shutil.rmtree(entry, ignore_errors=True)
+        model = self.add(name)
+        p = self.profile
+        per_epoch = math.ceil(len(texts) / p.batch_size)
+        gen = torch.Generator().manual_seed(seed)
+        config = TrainConfig(lr=lr, optimizer='adamw', betas=(0.9, 0.999),
+                             steps=epochs * per_epoch, eval_every=0,
+                             seed=seed, desc=desc or f'training {name}',
+                             progress=self.progress)
+        result = train(model, token_nll,
+                       bucketed_batches(tokens, p.batch_size, gen), config)
+        if result.status != 'completed':
+            self.drop(name)
+            raise WorkbenchError(f'training role {name!r} ended early '
+                                 f'({result.status}: {result.message})')
+        ma = memorization_accuracy(model, tokens['input_ids'],
+                                   tokens['attention_mask']).mean().item()
+        info = {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
+                'seconds': time.perf_counter() - start}
+        tmp = entry.with_name(entry.name + '.tmp')
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in self.state(name).items()},
+                  str(tmp / 'adapter.safetensors'))
+        (tmp / 'info.json').write_text(json.dumps(info, indent=1))
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+        self.info[name] = dict(info, cached=False)
+        return self.info[name]
+
+    @torch.no_grad()
+    def logprobs(self, name, batch, rows=4):
+        """log p(. | x_<t) of role `name` at every position of a batch,
+        (B, W-1, V), with the (B, W-1) mask of real targets; computed
+        `rows` at a time to bound the memory of the temporaries."""
+        from .data import used_width
+        width = used_width(batch['attention_mask'])
+        batch = {k: batch[k][:, :width] for k in ('input_ids',
+                                                  'attention_mask')}
+        parts = []
+        with self.active(name) as m:
+            for i in range(0, batch['input_ids'].shape[0], rows):
+                chunk = {k: v[i:i + rows] for k, v in batch.items()}
+                lp, mask = vocab_logprobs(m, chunk)
+                pad = width - 1 - lp.shape[1]
+                parts.append((torch.nn.functional.pad(lp, (0, 0, 0, pad)),
+                              torch.nn.functional.pad(mask, (0, pad))))
+        return (torch.cat([p[0] for p in parts]),
+                torch.cat([p[1] for p in parts]))
+
+
+def vocab_logprobs(model, batch):
+    """The model's next-token log-distribution at every target position of
+    a batch, (B, W-1, V), and the mask of real targets (see
+    `train.token_logprobs` for the trimming and masking)."""
+    from .data import used_width
+    ids, am = batch['input_ids'], batch['attention_mask']
+    width = used_width(am)
+    device = next(model.parameters()).device
+    ids, am = ids[:, :width].to(device), am[:, :width].to(device)
+    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    return torch.log_softmax(logits, -1), mask
+
