@@ -2,6 +2,14 @@
 
 - `ga`: gradient ascent (Jang et al., ACL 2023)
 - `seul`: span-level gradient ascent (Wang et al., AAAI 2025)
+- `fairsisa`: equalized-odds post-processing of a SISA ensemble (Kadhe et
+  al., 2023)
+- `loo`: leave-one-out ensemble distillation (Liu and Kalinli, ICASSP 2024)
+- `kga`: knowledge gap alignment (Wang et al., ACL 2023)
+
+`METHODS` holds those that unlearn a single model's forget set in place
+(the `unlearn` command's `ga` and `seul`); `loo` and `kga` work on several
+models held as adapters by `workbench.roles`.
 """
 from . import ga, seul
 
