@@ -135,23 +135,18 @@ def test_unlearn_seul_own_data_with_spans(tmp_path, tiny_model_dir, cache):
     assert rec['run']['config']['spans'] == 'annotated'
 
 
-def test_loo_needs_a_partition_on_every_line(tmp_path, capsys):
+@pytest.mark.parametrize('retain, message', [
+    ('{"text": "kept text"}', 'needs a "partition"'),
+    ('{"text": "kept", "partition": 1}', 'at least 2 partitions'),
+])
+def test_loo_needs_partitions_of_two_users(tmp_path, capsys, retain,
+                                           message):
     (tmp_path / 'f.jsonl').write_text('{"text": "a secret", "partition": 1}\n')
-    (tmp_path / 'r.jsonl').write_text('{"text": "kept text"}\n')
+    (tmp_path / 'r.jsonl').write_text(retain + '\n')
     rc, err = run_cli(capsys, 'unlearn', '--method', 'loo', '--forget',
                       str(tmp_path / 'f.jsonl'), '--retain',
                       str(tmp_path / 'r.jsonl'), '--profile', 'smoke')
-    assert rc == 2 and err.count('\n') == 0
-    assert 'needs a "partition"' in err and 'lines [1]' in err
-
-
-def test_loo_needs_two_users(tmp_path, capsys):
-    (tmp_path / 'f.jsonl').write_text('{"text": "a secret", "partition": 1}\n')
-    (tmp_path / 'r.jsonl').write_text('{"text": "kept", "partition": 1}\n')
-    rc, err = run_cli(capsys, 'unlearn', '--method', 'loo', '--forget',
-                      str(tmp_path / 'f.jsonl'), '--retain',
-                      str(tmp_path / 'r.jsonl'), '--profile', 'smoke')
-    assert rc == 2 and 'at least 2 partitions' in err
+    assert rc == 2 and err.count('\n') == 0 and message in err
 
 
 def test_kga_needs_new_data(tmp_path, capsys):

@@ -12,8 +12,11 @@ def test_leave_one_out_forgets_like_the_oracle(smoke_record):
     # at least one could be extracted from its prefix
     assert m['forget/exposure']['before'] > oracle['forget/exposure'] + 5
     assert m['forget/extracted']['before'] > 0
-    # leave-one-out: exposure down to near the oracle, nothing extracted
-    assert m['forget/exposure']['after'] <= oracle['forget/exposure'] + 2
+    # leave-one-out: exposure at least 3/4 of the way down to the oracle's,
+    # nothing extracted
+    e = m['forget/exposure']
+    assert e['before'] - e['after'] >= \
+        0.75 * (e['before'] - oracle['forget/exposure'])
     assert m['forget/extracted']['after'] == 0
     # the full ensemble leaks; gradient ascent wrecks the retained text
     assert methods['full ensemble']['forget/exposure'] >= \

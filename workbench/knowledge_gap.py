@@ -29,19 +29,6 @@ SIZES['7b'] = SIZES['gpu']
 
 
 @dataclass
-class KGARun:
-    """What the notebook's panel varies (KGA's hyperparameters)."""
-    lr: float = field(default=1e-3, metadata={
-        'min': 1e-5, 'max': 1e-2, 'log': True, 'help': 'Adam learning rate'})
-    steps: int = field(default=30, metadata={
-        'min': 1, 'max': 200, 'help': 'most updates'})
-    retain_weight: float = field(default=0.3, metadata={
-        'min': 0.0, 'max': 3.0, 'help': 'alpha: weight of the retain KL'})
-    stop_value: float = field(default=0.05, metadata={
-        'min': 0.0, 'max': 1.0, 'help': 'stop at this alignment loss'})
-
-
-@dataclass
 class KGASetup:
     """The trained roles, the people and the tokenised splits."""
     roles: Roles
@@ -137,12 +124,9 @@ def measure(setup, role, world=True):
     return out
 
 
-def unlearn(setup, run, callbacks=(), progress=True, name='A_star'):
-    """KGA from A_D with the settings of `run` (a KGARun); returns the
+def unlearn(setup, config, callbacks=(), progress=True, name='A_star'):
+    """KGA from A_D with `config` (a `kga.KGAConfig`); returns the
     TrainResult (role `name` holds the unlearned model)."""
-    config = kga.KGAConfig(lr=run.lr, steps=run.steps,
-                           retain_weight=run.retain_weight,
-                           stop_value=run.stop_value)
     t = setup.tokens
     return kga.unlearn(setup.roles, 'A_D', 'A_f', 'A_n', t['forget'],
                        t['retain'], t['new'], config, callbacks,

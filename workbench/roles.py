@@ -30,7 +30,7 @@ from .paths import cache_dir
 from .profiles import get_profile
 from .train import TrainConfig, token_nll, train
 
-VERSION = 1  # bump when the training recipe of a role changes
+VERSION = 2  # bump when the training recipe of a role changes
 
 
 def adapter_lr(profile):
@@ -184,7 +184,9 @@ class Roles:
                 if name in self.names:
                     self.drop(name)
                 shutil.rmtree(entry, ignore_errors=True)
-        model = self.add(name)
+        with torch.random.fork_rng():  # LoRA's A init from `seed` alone
+            torch.manual_seed(seed)
+            model = self.add(name)
         p = self.profile
         per_epoch = math.ceil(len(texts) / p.batch_size)
         gen = torch.Generator().manual_seed(seed)
