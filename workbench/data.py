@@ -126,8 +126,9 @@ def batches(data, batch_size, generator=None):
 
 def bucketed_batches(data, batch_size, generator=None):
     """Shuffled minibatches of texts of similar length, forever: the rows
-    are sorted by length and cut into batches (so short texts are not padded
-    to long ones), and the batches come in a new random order each epoch."""
+    are sorted by length and cut into batches, each cut to its longest text
+    (so short texts are not padded to long ones), and the batches come in a
+    new random order each epoch. For right-padded (B, T) tensors."""
     lengths = data['attention_mask'].sum(1)
     order = torch.argsort(lengths, stable=True)
     groups = [order[i:i + batch_size]
@@ -135,7 +136,8 @@ def bucketed_batches(data, batch_size, generator=None):
     while True:
         for g in torch.randperm(len(groups), generator=generator):
             idx = groups[g]
-            yield {k: v[idx] for k, v in data.items()}
+            width = used_width(data['attention_mask'][idx])
+            yield {k: v[idx][:, :width] for k, v in data.items()}
 
 
 def full_batches(data, micro_batch):

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data import used_width
 from .models import load_trainable_state, trainable_state
 
 
@@ -63,19 +62,17 @@ class TrainResult:
 
 
 def token_logprobs(model, batch):
-    """log p(x_t | x_<t) of every target of a batch, (B, W-1), with the
+    """log p(x_t | x_<t) of every target of a batch, (B, T-1), with the
     mask of the real targets: by the attention mask (and `target_mask` when
     the batch has one), never by token id, so a genuine EOS inside a text
     still counts."""
     ids, am = batch['input_ids'], batch['attention_mask']
-    # right padding: columns that are padding in every row carry no target
-    width = used_width(am)
     device = next(model.parameters()).device
-    ids, am = ids[:, :width].to(device), am[:, :width].to(device)
+    ids, am = ids.to(device), am.to(device)
     logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
     mask = am[:, 1:].bool() & am[:, :-1].bool()
     if 'target_mask' in batch:
-        mask &= batch['target_mask'][:, 1:width].to(device).bool()
+        mask &= batch['target_mask'][:, 1:].to(device).bool()
     logp = -torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
         reduction='none').view(mask.shape)
