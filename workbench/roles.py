@@ -81,7 +81,8 @@ class Roles:
         import warnings
 
         from peft import get_peft_model, set_peft_model_state_dict
-        warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
+        warnings.filterwarnings('ignore',
+                                message='.*is_gradient_checkpointing')
         if name in self.names:
             raise WorkbenchError(f'role {name!r} exists already')
         if self.model is None:
