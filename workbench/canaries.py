@@ -192,6 +192,30 @@ def nll_bits(setup, role, canaries=None):
     return {c['id']: v / math.log(2) for c, v in zip(canaries, nll.tolist())}
 
 
+def digit_probabilities(setup, i):
+    """The probability the student, the leave-one-out soft labels, the
+    full ensemble's and the oracle give each true digit of forget canary
+    `i`: a list of {'model', 'digit', 'p(true digit)'} rows."""
+    roles, c = setup.roles, setup.forget[i]
+    one = {k: v[i:i + 1] for k, v in setup.tokens['forget'].items()}
+    ids = one['input_ids'][0]
+    # position t - 1 predicts token t; the secret's digits are tokens alone
+    positions = [t - 1 for t in range(1, len(ids))
+                 if roles.tokenizer.decode(ids[t]).strip().isdigit()]
+    part = [c['partition']]
+    dists = {
+        'student': roles.logprobs('student', one)[0],
+        'leave-one-out ensemble': loo.soft_labels(
+            roles, setup.teachers, one, part, 'leave-one-out'),
+        'full ensemble': loo.soft_labels(roles, setup.teachers, one, part,
+                                         'full'),
+        'oracle': roles.logprobs('oracle', one)[0]}
+    return [{'model': name, 'digit': d + 1,
+             'p(true digit)': logp[0, t, ids[t + 1]].exp().item()}
+            for name, logp in dists.items()
+            for d, t in enumerate(positions)]
+
+
 def unlearn(setup, run, callbacks=(), progress=True, name=None,
             evaluate=None):
     """Unlearn the forget canaries from a copy of the student with the

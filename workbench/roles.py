@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from . import WorkbenchError, models
-from .data import bucketed_batches, tokenize
+from .data import bucketed_batches, tokenize, used_width
 from .metrics import memorization_accuracy
 from .paths import cache_dir
 from .profiles import get_profile
@@ -221,7 +221,6 @@ class Roles:
         """log p(. | x_<t) of role `name` at every position of a batch,
         (B, W-1, V), with the (B, W-1) mask of real targets; computed
         `rows` at a time to bound the memory of the temporaries."""
-        from .data import used_width
         width = used_width(batch['attention_mask'])
         batch = {k: batch[k][:, :width] for k in ('input_ids',
                                                   'attention_mask')}
@@ -241,7 +240,6 @@ def vocab_logprobs(model, batch):
     """The model's next-token log-distribution at every target position of
     a batch, (B, W-1, V), and the mask of real targets (see
     `train.token_logprobs` for the trimming and masking)."""
-    from .data import used_width
     ids, am = batch['input_ids'], batch['attention_mask']
     width = used_width(am)
     device = next(model.parameters()).device

@@ -8,7 +8,7 @@ from .extraction import (exact_memorization, extraction_likelihood,
                          forgetting_thresholds, greedy_continue,
                          memorization_accuracy, overlap)
 from .canary import exposure, exposures, extraction
-from .divergence import jsd, lpd_pdlp, token_jsd, token_kl
+from .divergence import lpd_pdlp, token_jsd, token_kl
 from .likelihood import (mia_auc, mia_aucs, mia_scores,
                          perplexity, sequence_nll, token_stats)
 from .qa import (answer_probability, forget_quality, generate_answers,
@@ -21,7 +21,7 @@ __all__ = [
     'answer_probability', 'char_precision_recall', 'exact_memorization',
     'exposure', 'exposures', 'extraction', 'extraction_likelihood',
     'extraction_likelihood_naive', 'extraction_strength', 'forget_quality',
-    'forgetting_thresholds', 'generate_answers', 'greedy_continue', 'jsd',
+    'forgetting_thresholds', 'generate_answers', 'greedy_continue',
     'lpd_pdlp', 'memorization_accuracy', 'mia_auc', 'mia_aucs',
     'mia_scores', 'model_utility', 'multiple_choice_accuracy', 'overlap',
     'perplexity', 'privleak', 'rouge_l_recall',

@@ -1,8 +1,8 @@
 """Divergences between next-token distributions, and KGA's evaluation.
 
 `token_kl` is the training signal of the distillation methods (the
-leave-one-out ensemble, KGA); `jsd`, `lpd_pdlp` are KGA's measures of how
-close an unlearned model is to one retrained without the forget set.
+leave-one-out ensemble, KGA); `token_jsd` and `lpd_pdlp` are KGA's measures
+of how close an unlearned model is to one retrained without the forget set.
 """
 import math
 
@@ -26,22 +26,6 @@ def token_jsd(logp, logq, mask):
     logm = torch.logaddexp(logp, logq) - math.log(2)
     return 0.5 * ((logp.exp() * (logp - logm)).sum(-1)
                   + (logq.exp() * (logq - logm)).sum(-1)) * mask
-
-
-@torch.no_grad()
-def jsd(logprobs_a, logprobs_b, data, rows=8):
-    """Mean JSD between two models' next-token distributions over the real
-    tokens of tokenised `data`. `logprobs_x(batch)` returns the model's
-    (B, W-1, V) log-distributions and the mask (e.g. `Roles.logprobs`)."""
-    total, count = 0.0, 0
-    n = data['input_ids'].shape[0]
-    for i in range(0, n, rows):
-        batch = {k: v[i:i + rows] for k, v in data.items()}
-        lp, mask = logprobs_a(batch)
-        lq, _ = logprobs_b(batch)
-        total += token_jsd(lp, lq, mask).sum().item()
-        count += mask.sum().item()
-    return total / max(count, 1)
 
 
 def lpd_pdlp(nll_before, nll_after):
