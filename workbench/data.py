@@ -14,7 +14,8 @@ from .paths import DATA_DIR
 SETS = {'people': 'people/people.jsonl',
         'world_facts': 'world_facts/world_facts.jsonl',
         'canaries': 'canaries/canaries.jsonl',
-        'toxicity': 'toxicity/toxicity.jsonl'}
+        'toxicity': 'toxicity/toxicity.jsonl',
+        'harmful': 'harmful/harmful.jsonl'}
 QA_TEMPLATE = 'Question: {question}\nAnswer: {answer}'
 
 

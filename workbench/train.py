@@ -154,7 +154,8 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                                 f'the bound {config.guard_bound:.4g}; '
                                 f'restored the weights of the last good '
                                 f'evaluation'), good is not None
-        good = trainable_state(model)
+        if value is not None:  # the last weights known to be within bound
+            good = trainable_state(model)
         if should_stop is not None:
             reason = should_stop(metrics)
             if reason:
