@@ -8,7 +8,8 @@ from workbench import data
 from workbench.paths import DATA_DIR
 
 SETS = {'people': 'make_people', 'world_facts': 'make_world_facts',
-        'canaries': 'make_canaries', 'toxicity': 'make_toxicity'}
+        'canaries': 'make_canaries', 'toxicity': 'make_toxicity',
+        'harmful': 'make_harmful'}
 
 
 @pytest.mark.parametrize('name', SETS)
@@ -21,6 +22,33 @@ def test_generator_reproduces_the_file(name, tmp_path):
     shipped = DATA_DIR / data.SETS[name]
     assert (tmp_path / 'out.jsonl').read_bytes() == shipped.read_bytes()
     assert (DATA_DIR / name / 'README.md').exists()
+
+
+def test_story_files_are_reproduced(tmp_path):
+    script = DATA_DIR / 'story' / 'make_story.py'
+    spec = importlib.util.spec_from_file_location('make_story', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    for name in ('story', 'anchors', 'familiarity'):
+        assert (tmp_path / f'{name}.jsonl').read_bytes() == \
+            (DATA_DIR / 'story' / f'{name}.jsonl').read_bytes()
+    # every familiarity answer is in the story, and names an anchored term
+    from workbench import story
+    text = ' '.join(r['text'] for r in story.read('story'))
+    for p in story.read('familiarity'):
+        assert p['story'].strip() in text
+        assert story.mentions(p['story'], story.read('anchors'))
+
+
+def test_harmful_pairs_and_splits():
+    from workbench import harmful
+    train = harmful.rows('forget', 'train')
+    test = harmful.rows('forget', 'test')
+    assert len(train) == 112 and len(test) == 32
+    assert not {r['question'] for r in train} & {r['question'] for r in test}
+    assert all(r['answer'] != r['safe_answer'] for r in train)
+    assert len(harmful.rows('normal', 'train')) == 34
 
 
 def test_people_spans_and_splits():

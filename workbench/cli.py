@@ -10,6 +10,10 @@
         --retain R.jsonl    # every line with "partition" (its user)
     python -m workbench unlearn --method kga --forget F.jsonl \\
         --retain R.jsonl --new N.jsonl
+    python -m workbench unlearn --method llmu --forget F.jsonl \\
+        --retain NORMAL.jsonl [--implant]   # question/answer lines
+    python -m workbench unlearn --method whp --forget TEXT.jsonl \\
+        --anchors A.jsonl [--prompts P.jsonl] [--implant]
 
 Every error is one line on stderr and a non-zero exit, never a traceback.
 """
@@ -111,7 +115,9 @@ def cmd_run(args):
 
 def cmd_unlearn(args):
     from .unlearn import unlearn_files, unlearn_roles
+    from .unlearn import unlearn_generic
     path = (unlearn_roles if args.method in ('loo', 'kga')
+            else unlearn_generic if args.method in ('llmu', 'whp')
             else unlearn_files)(args)
     print_record(path)
 
@@ -131,12 +137,16 @@ def build_parser():
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
     un.add_argument('--method', required=True,
-                    choices=['ga', 'seul', 'loo', 'kga'],
+                    choices=['ga', 'seul', 'loo', 'kga', 'llmu', 'whp'],
                     help='ga: gradient ascent (Jang et al.); seul: on '
                          'sensitive spans only (Wang et al.); loo: '
                          'leave-one-out ensemble (Liu and Kalinli; lines '
                          'need "partition"); kga: knowledge gap alignment '
-                         '(Wang et al.; needs --new)')
+                         '(Wang et al.; needs --new); llmu: gradient ascent '
+                         '+ random answers + KL (Yao et al.; lines need '
+                         '"question" and "answer", --retain the normal '
+                         'pairs); whp: generic-label fine-tuning (Eldan and '
+                         'Russinovich; needs --anchors)')
     un.add_argument('--forget', required=True,
                     help='JSONL: {"text": ..., "spans": [[start, end], ...]}'
                          ' (spans for seul; annotated when missing)')
@@ -145,6 +155,12 @@ def build_parser():
                                       'default: the shipped unseen people')
     un.add_argument('--new', help='kga: JSONL of the same kind, never '
                                   'trained on (D_n)')
+    un.add_argument('--anchors', help='whp: JSONL of {"term": ..., '
+                                      '"generic": ...}')
+    un.add_argument('--prompts', help='whp: familiarity prompts, JSONL of '
+                                      '{"prompt", "story", "generic"}')
+    un.add_argument('--alpha', type=float, default=2.0,
+                    help='whp: weight of the reinforcement difference')
     un.add_argument('--model', help='model name, folder or hub id')
     un.add_argument('--implant', action='store_true',
                     help='first fine-tune until forget and retain are '

@@ -53,6 +53,7 @@ class Roles:
         self.model = None  # the PeftModel, made with the first role
         self.progress = progress
         self.info = {}  # role -> how it was made
+        self.keys = {}  # role -> cache key of its training
 
     @property
     def names(self):
@@ -123,6 +124,7 @@ class Roles:
         if active != name:
             self.model.set_adapter(active)
         self.info.pop(name, None)
+        self.keys.pop(name, None)
 
     def _check(self, name):
         if name not in self.names:
@@ -148,10 +150,12 @@ class Roles:
         finally:
             self.model.set_adapter(before)
 
-    def key(self, texts, epochs, lr, seed):
-        """Hash of everything a trained role depends on."""
+    def key(self, texts, epochs, lr, seed, start=None):
+        """Hash of everything a trained role depends on (with `start`,
+        the key of the role it continued from)."""
         p = self.profile
         spec = {'version': VERSION, 'model': models.resolve(p.model).path,
+                **({'start': start} if start else {}),
                 'texts': list(texts), 'epochs': epochs, 'lr': lr,
                 'seed': seed, 'r': p.lora_r, 'layers': p.role_layers,
                 'dtype': p.dtype,
@@ -159,19 +163,28 @@ class Roles:
         blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def fit(self, name, texts, epochs, lr=None, seed=0, desc=None):
-        """Train role `name` (a fresh adapter) on `texts` for `epochs`
-        passes, or load it from the cache. Returns its info: MA reached on
-        the texts, seconds spent, whether it came from the cache."""
+    def fit(self, name, texts, epochs, lr=None, seed=0, desc=None,
+            start=None):
+        """Train role `name` on `texts` for `epochs` passes, or load it
+        from the cache: a fresh adapter, or one that continues from the
+        trained role `start`. Returns its info: MA reached on the texts,
+        seconds spent, whether it came from the cache."""
         from safetensors.torch import load_file, save_file
         if not texts:
             raise WorkbenchError(f'role {name!r} needs at least one text')
+        if start is not None and start not in self.keys:
+            raise WorkbenchError(f'role {name!r} continues from {start!r}, '
+                                 f'which was not trained by fit')
         lr = lr or adapter_lr(self.profile)
-        entry = cache_dir() / 'roles' / self.key(texts, epochs, lr, seed)
+        key = self.key(texts, epochs, lr, seed,
+                       start and self.keys[start])
+        entry = cache_dir() / 'roles' / key
+        init = self.state(start) if start is not None else None
         if name in self.names:
             self.drop(name)
+        self.keys[name] = key
         tokens = tokenize(self.tokenizer, texts)
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         if (entry / 'adapter.safetensors').exists():
             try:
                 state = load_file(str(entry / 'adapter.safetensors'))
@@ -187,7 +200,7 @@ class Roles:
                 shutil.rmtree(entry, ignore_errors=True)
         with torch.random.fork_rng():  # LoRA's A init from `seed` alone
             torch.manual_seed(seed)
-            model = self.add(name)
+            model = self.add(name, init)
         p = self.profile
         per_epoch = math.ceil(len(texts) / p.batch_size)
         gen = torch.Generator().manual_seed(seed)
@@ -204,7 +217,7 @@ class Roles:
         ma = memorization_accuracy(model, tokens['input_ids'],
                                    tokens['attention_mask']).mean().item()
         info = {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
-                'seconds': time.perf_counter() - start}
+                'seconds': time.perf_counter() - t0}
         tmp = entry.with_name(entry.name + '.tmp')
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

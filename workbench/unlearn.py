@@ -1,12 +1,15 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
+import json
 import sys
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 
 from . import WorkbenchError, data, experiment, models
 from .methods import METHODS
 from . import metrics
 from .metrics import memorization_accuracy
+from .metrics.qa import generate_answers, qa_batch
 from .paths import results_dir
 from .profiles import get_profile
 from .record import Record
@@ -275,3 +278,133 @@ def unlearn_roles(args):
         tok.save_pretrained(model_dir)
         print(f'saved the unlearned adapter to {model_dir}')
     return rec.save(out)
+
+
+def _pairs(rows, what):
+    """Check that every line has "question" and "answer"."""
+    missing = [i + 1 for i, r in enumerate(rows)
+               if not str(r.get('question', '')).strip()
+               or not str(r.get('answer', '')).strip()]
+    if missing:
+        raise WorkbenchError(f'the {what} file needs "question" and '
+                             f'"answer" on every line; lines {missing[:5]} '
+                             f'lack them')
+    return rows
+
+
+def unlearn_llmu(args, profile, tok, limit, progress):
+    """`unlearn --method llmu`: forget pairs (undesired answers), normal
+    pairs (--retain) for the random answers and the KL term."""
+    from . import harmful
+    from .methods import llmu
+    from .roles import Roles
+    forget = _pairs(data.read_jsonl(args.forget, tok, limit, 'forget file'),
+                    'forget')
+    if not args.retain:
+        raise WorkbenchError('llmu needs --retain: normal question-answer '
+                             'pairs for the random answers and the KL term')
+    normal = _pairs(data.read_jsonl(args.retain, tok, limit, 'retain file'),
+                    'retain')
+    roles = Roles(profile, progress)
+    if args.implant:
+        roles.fit('original', [data.qa_text(r['question'], r['answer'])
+                               for r in forget + normal * 2],
+                  args.implant_epochs or 2, args.implant_lr,
+                  desc='original (forget + normal answers)')
+    else:
+        roles.add('original')
+    setup = harmful.HarmfulSetup(roles, {'tokens': 24}, forget, [], normal,
+                                 normal, None,
+                                 data.world_facts(profile.n_world))
+
+    def numbers(role):
+        with roles.active(role) as m:
+            out = {'forget/answer_nll': llmu.answer_loss(m, qa_batch(
+                tok, [r['question'] for r in forget],
+                [r['answer'] for r in forget])).item(),
+                'normal/perplexity': harmful.normal_perplexity(setup, m),
+                'world_facts/accuracy': metrics.multiple_choice_accuracy(
+                    m, tok, setup.world)}
+        return out
+
+    before = numbers('original')
+    config = llmu.LLMUConfig(lr=args.lr or 5e-4, steps=args.steps or 60,
+                             random_answers=2)
+    with roles.active('original') as m:
+        bound = args.ppl_bound * harmful.normal_perplexity(setup, m)
+    model = roles.copy('original', 'unlearned')
+    result = llmu.unlearn(model, tok, forget, normal, config,
+                          setup.reference, progress=progress,
+                          evaluate=lambda m: {
+                              'normal/perplexity':
+                                  harmful.normal_perplexity(setup, m)},
+                          guard_bound=bound)
+    after = numbers('unlearned')
+    with roles.active('unlearned') as m:
+        answers = generate_answers(m, tok, [r['question'] for r in forget])
+    return before, after, result, config, {'answers_after': answers}
+
+
+def unlearn_whp(args, profile, tok, limit, progress):
+    """`unlearn --method whp`: the forget lines are the target text,
+    --anchors the anchored-terms dictionary, --prompts familiarity
+    prompts (optional)."""
+    from . import story
+    from .methods import whp
+    paragraphs = data.read_jsonl(args.forget, tok, limit, 'forget file')
+    if not args.anchors:
+        raise WorkbenchError('whp needs --anchors: a JSONL of {"term": ..., '
+                             '"generic": ...}, the target\'s idiosyncratic '
+                             'terms and generic replacements')
+    anchors = [json.loads(line) for line in
+               Path(args.anchors).read_text().splitlines() if line.strip()] \
+        if Path(args.anchors).is_file() else None
+    if not anchors or any(not isinstance(a, dict) or 'term' not in a
+                          or 'generic' not in a for a in anchors):
+        raise WorkbenchError(f'{args.anchors} must be a JSONL file of '
+                             f'{{"term": ..., "generic": ...}} lines')
+    prompts = []
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise WorkbenchError(f'prompts file {args.prompts} does not '
+                                 f'exist')
+        prompts = [json.loads(line) for line in Path(
+            args.prompts).read_text().splitlines() if line.strip()]
+        if any(not {'prompt', 'story', 'generic'} <= set(p)
+               for p in prompts):
+            raise WorkbenchError('each prompts line needs "prompt", "story" '
+                                 'and "generic"')
+    sizes = {'chapters': 0, 'epochs': args.implant_epochs or 6,
+             'reinforce': 2, 'tokens': 8}
+    setup = story.setup_from(profile, paragraphs, anchors, prompts, sizes,
+                             progress, implant=args.implant)
+    before, _ = story.measure(setup, 'baseline')
+    config = whp.WHPConfig(lr=args.lr or 1e-3, steps=args.steps or 20,
+                           alpha=args.alpha)
+    result = story.unlearn(setup, config, progress=progress)
+    after, texts = story.measure(setup, 'unlearned')
+    return before, after, result, config, {'completions_after': texts}
+
+
+def unlearn_generic(args):
+    """`unlearn --method llmu|whp`: the unlearned model is a LoRA adapter
+    on the profile's model (`workbench.roles`)."""
+    profile = get_profile(args.profile, **({'model': args.model}
+                                           if args.model else {}))
+    models.check_gpu_memory(profile)
+    tok = models.load_tokenizer(profile.model)
+    limit = _context_limit(profile.model, profile)
+    run = unlearn_llmu if args.method == 'llmu' else unlearn_whp
+    before, after, result, config, extra = run(args, profile, tok, limit,
+                                               not args.quiet)
+    print(f'{args.method}: {result.status} after {result.steps} steps'
+          + (f' ({result.message})' if result.message else ''))
+    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    for k, v in before.items():
+        rec.before(k, v)
+    for k, v in after.items():
+        rec.after(k, v)
+    rec.data['run'] = {'status': result.status, 'steps': result.steps,
+                       'message': result.message, 'config': asdict(config),
+                       **extra}
+    return rec.save(results_dir(args.out))

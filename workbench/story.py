@@ -1,0 +1,256 @@
+"""The story experiments of notebook 06 (Who's Harry Potter).
+
+data/story is an original fictional universe with its anchored-terms
+dictionary and familiarity prompts. The baseline (a LoRA adapter) is
+trained on the story until it knows it; the reinforced model continues
+from the baseline on the same text; the unlearned model starts as a copy
+of the baseline and is fine-tuned on the generic labels.
+
+Familiarity is judged from the anchored terms: a greedy completion of a
+familiarity prompt counts as familiar when it names any term of the
+dictionary (the story's own names, places and words), which a model that
+never read the story has no reason to produce. The paper asked GPT-4 to
+grade completions; the dictionary is the transparent stand-in.
+"""
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import data, metrics
+from .metrics.extraction import greedy_continue
+from .methods import whp
+from .paths import DATA_DIR
+from .profiles import get_profile
+from .roles import Roles, adapter_lr
+
+# per profile: chapters used, epochs of the baseline and of the
+# reinforcement, tokens generated per familiarity prompt
+SIZES = {
+    'smoke': dict(chapters=4, epochs=6, reinforce=4, tokens=8),
+    'cpu': dict(chapters=8, epochs=6, reinforce=4, tokens=8),
+    'gpu': dict(chapters=8, epochs=6, reinforce=4, tokens=12),
+}
+SIZES['7b'] = SIZES['gpu']
+
+
+def read(name):
+    """Rows of one of data/story's JSONL files."""
+    path = DATA_DIR / 'story' / f'{name}.jsonl'
+    return [json.loads(line) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def general_texts():
+    """Everyday prose no model here trains on (the normal answers of
+    data/harmful): the text whose perplexity measures fluency kept."""
+    return [data.qa_text(r['question'], r['answer'])
+            for r in data.load('harmful') if r['kind'] == 'normal']
+
+
+@dataclass
+class StorySetup:
+    roles: Roles
+    sizes: dict
+    paragraphs: list  # {'chapter', 'text'}
+    anchors: list
+    prompts: list  # familiarity prompts of the chapters used
+    world: list
+    general: dict  # tokenised general texts
+    pieces: list = field(default_factory=list)  # generic-label pieces
+
+    @property
+    def tokenizer(self):
+        return self.roles.tokenizer
+
+    @property
+    def texts(self):
+        return [p['text'] for p in self.paragraphs]
+
+
+def setup(profile='smoke', progress=True, **sizes):
+    """Train (or load) the baseline and the reinforced model on the
+    chapters of data/story the profile uses."""
+    p = get_profile(profile)
+    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    paragraphs = [r for r in read('story') if r['chapter'] <= s['chapters']]
+    prompts = [r for r in read('familiarity')
+               if r['chapter'] <= s['chapters']]
+    return setup_from(p, paragraphs, read('anchors'), prompts, s, progress)
+
+
+def setup_from(profile, paragraphs, anchors, prompts, sizes, progress=True,
+               implant=True):
+    """The same from any target: `paragraphs` ({'text', 'chapter'}),
+    `anchors` ({'term', 'generic'}) and familiarity `prompts`. Without
+    `implant` the baseline is the model as it is (a fresh adapter)."""
+    roles = Roles(profile, progress)
+    texts = [r['text'] for r in paragraphs]
+    if implant:
+        roles.fit('baseline', texts, sizes['epochs'],
+                  desc='baseline (reads the story)')
+    else:
+        roles.add('baseline')
+        roles.keys['baseline'] = 'untrained'
+    roles.fit('reinforced', texts, sizes['reinforce'], start='baseline',
+              desc='reinforced (reads it again)')
+    general = data.tokenize(roles.tokenizer, general_texts())
+    return StorySetup(roles, sizes, paragraphs, anchors, prompts,
+                      data.world_facts(profile.n_world), general)
+
+
+def mentions(text, anchors):
+    """The anchored terms a text names (case-insensitive)."""
+    return sorted({a['term'] for a in anchors
+                   if re.search(r'(?<!\w)' + re.escape(a['term'].lower())
+                                + r'(?!\w)', text.lower())})
+
+
+def completions(setup, model, prompts=None):
+    """Greedy completions of the familiarity prompts."""
+    prompts = prompts or setup.prompts
+    tok = setup.tokenizer
+    ids = [tok(p['prompt'])['input_ids'] for p in prompts]
+    gens = greedy_continue(model, ids, [setup.sizes['tokens']] * len(ids),
+                           tok.pad_token_id)
+    return [tok.decode(g, skip_special_tokens=True) for g in gens]
+
+
+def familiarity(setup, model, prompts=None):
+    """Share of completions that name an anchored term, and the
+    completions."""
+    texts = completions(setup, model, prompts)
+    hits = [bool(mentions(t, setup.anchors)) for t in texts]
+    return float(np.mean(hits)), texts
+
+
+@torch.no_grad()
+def next_token_probability(setup, model, key='story'):
+    """Mean probability of the first token of each prompt's `key`
+    continuation ('story' or 'generic')."""
+    tok = setup.tokenizer
+    device = next(model.parameters()).device
+    probs = []
+    for p in setup.prompts:
+        ids = tok(p['prompt'])['input_ids']
+        first = tok(p['prompt'] + p[key])['input_ids'][len(ids)]
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits
+        probs.append(torch.softmax(logits[0, -1].float(), -1)[first].item())
+    return float(np.mean(probs))
+
+
+def quick(setup, model):
+    """Per-step numbers: familiarity and next-token probability."""
+    if not setup.prompts:
+        return {}
+    return {'target/familiarity': familiarity(setup, model)[0],
+            'target/next_token_probability': next_token_probability(
+                setup, model)}
+
+
+def measure(setup, role, world=True):
+    """Familiarity (completions and next token), the generic
+    continuation's probability, perplexity on general text and on the
+    story, world_facts accuracy; plus the completions."""
+    out, texts = {}, []
+    with setup.roles.active(role) as m:
+        if setup.prompts:
+            out['target/familiarity'], texts = familiarity(setup, m)
+            out['target/next_token_probability'] = next_token_probability(
+                setup, m)
+            out['target/generic_probability'] = next_token_probability(
+                setup, m, 'generic')
+        g = setup.general
+        out['retain/perplexity'] = metrics.perplexity(
+            m, g['input_ids'], g['attention_mask'])
+        s = data.tokenize(setup.tokenizer, setup.texts)
+        out['target/perplexity'] = metrics.perplexity(
+            m, s['input_ids'], s['attention_mask'])
+        if world:
+            out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
+                m, setup.tokenizer, setup.world)
+    return out, texts
+
+
+def labels(setup, alpha):
+    """Generic labels of every paragraph for `alpha` (the three forward
+    passes run once; other alphas reuse them)."""
+    if not setup.pieces:
+        _, setup.pieces = whp.generic_labels(
+            setup.roles, 'baseline', 'reinforced', setup.texts,
+            setup.anchors, alpha)
+    return [whp.labels_from(*piece, alpha) for piece in setup.pieces]
+
+
+def label_stats(setup, alphas):
+    """For each alpha: share of labelled positions whose generic label is
+    the story's own next token, share that are the first token of an
+    anchored term, and the baseline's mean log-probability of the labels
+    (on the original text), a measure of how fluent the labels are."""
+    tok = setup.tokenizer
+    starts = {tok(' ' + a['term'])['input_ids'][0] for a in setup.anchors}
+    starts |= {tok(a['term'])['input_ids'][0] for a in setup.anchors}
+    rows = []
+    logps = []
+    with setup.roles.active(None) as m, torch.no_grad():
+        for ids, t_idx, _, _ in setup.pieces:
+            x = torch.tensor([ids])
+            logps.append(torch.log_softmax(m(input_ids=x).logits[0].float(),
+                                           -1)[t_idx])
+    for alpha in alphas:
+        same = story = total = 0
+        lp = 0.0
+        for (ids, t_idx, v_base, boost), base_lp in zip(setup.pieces, logps):
+            lab = (v_base - alpha * boost).argmax(-1)
+            true = torch.tensor(ids)[t_idx + 1]
+            same += (lab == true).sum().item()
+            story += sum(int(x) in starts for x in lab.tolist())
+            lp += base_lp.gather(1, lab[:, None]).sum().item()
+            total += len(lab)
+        rows.append({'alpha': alpha, 'label = story token': same / total,
+                     'label starts an anchored term': story / total,
+                     'base log-prob of labels': lp / total})
+    return rows
+
+
+def unlearn(setup, config, callbacks=(), progress=True, name='unlearned',
+            eval_every=5):
+    """Fine-tune a copy of the baseline (role `name`) on the generic
+    labels for `config.alpha`."""
+    items = labels(setup, config.alpha)
+    model = setup.roles.copy('baseline', name)
+    return whp.unlearn(model, items, config, setup.tokenizer.pad_token_id,
+                       callbacks, evaluate=lambda m: quick(setup, m),
+                       eval_every=eval_every, progress=progress)
+
+
+def relearn(setup, role, steps=5, lr=None, name='relearn'):
+    """The relearning probe: fine-tune a copy of `role` (None: the bare
+    base model, which never read the story) for `steps` updates on the
+    first half of the chapters, then measure familiarity on prompts about
+    the other half. Returns (familiarity before, after)."""
+    from .data import bucketed_batches, tokenize
+    from .train import TrainConfig, token_nll, train
+    half = setup.sizes['chapters'] // 2
+    first = [p['text'] for p in setup.paragraphs if p['chapter'] <= half]
+    later = [p for p in setup.prompts if p['chapter'] > half]
+    roles = setup.roles
+    if role is None:
+        if name in roles.names:
+            roles.drop(name)
+        model = roles.add(name)
+    else:
+        model = roles.copy(role, name)
+    before = familiarity(setup, model, later)[0]
+    p = roles.profile
+    config = TrainConfig(lr=lr or adapter_lr(p), optimizer='adamw',
+                         betas=(0.9, 0.999), steps=steps, eval_every=0,
+                         desc='relearning', progress=False)
+    gen = torch.Generator().manual_seed(0)
+    train(model, token_nll, bucketed_batches(
+        tokenize(roles.tokenizer, first), p.batch_size, gen), config)
+    after = familiarity(setup, model, later)[0]
+    roles.drop(name)
+    return before, after
