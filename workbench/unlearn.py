@@ -261,15 +261,7 @@ def unlearn_roles(args):
                              progress=progress)
         after = knowledge_gap.measure(setup, 'unlearned')
         rec.threshold('new_gap', result.gap)
-    print(f'{args.method}: {result.status} after {result.steps} steps'
-          + (f' ({result.message})' if result.message else ''))
-    for k, v in before.items():
-        rec.before(k, v)
-    for k, v in after.items():
-        rec.after(k, v)
-    rec.data['run'] = {'status': result.status, 'steps': result.steps,
-                       'message': result.message, 'config': asdict(config),
-                       'roles': roles.info}
+    _report(rec, args, before, after, result, config, roles=roles.info)
     out = results_dir(args.out)
     if args.save_model:
         roles.model.set_adapter('unlearned')
@@ -397,9 +389,15 @@ def unlearn_generic(args):
     run = unlearn_llmu if args.method == 'llmu' else unlearn_whp
     before, after, result, config, extra = run(args, profile, tok, limit,
                                                not args.quiet)
+    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    _report(rec, args, before, after, result, config, **extra)
+    return rec.save(results_dir(args.out))
+
+
+def _report(rec, args, before, after, result, config, **extra):
+    """Print how the run ended; record the metrics and the run."""
     print(f'{args.method}: {result.status} after {result.steps} steps'
           + (f' ({result.message})' if result.message else ''))
-    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
     for k, v in before.items():
         rec.before(k, v)
     for k, v in after.items():
@@ -407,4 +405,3 @@ def unlearn_generic(args):
     rec.data['run'] = {'status': result.status, 'steps': result.steps,
                        'message': result.message, 'config': asdict(config),
                        **extra}
-    return rec.save(results_dir(args.out))

@@ -6,10 +6,12 @@
   al., 2023)
 - `loo`: leave-one-out ensemble distillation (Liu and Kalinli, ICASSP 2024)
 - `kga`: knowledge gap alignment (Wang et al., ACL 2023)
+- `llmu`: gradient ascent + random mismatch + KL (Yao et al., NeurIPS 2024)
+- `whp`: fine-tuning on generic labels (Eldan and Russinovich, 2023)
 
 `METHODS` holds those that unlearn a single model's forget set in place
-(the `unlearn` command's `ga` and `seul`); `loo` and `kga` work on several
-models held as adapters by `workbench.roles`.
+(the `unlearn` command's `ga` and `seul`); `loo`, `kga`, `llmu` and `whp`
+work on several models held as adapters by `workbench.roles`.
 """
 from . import ga, seul
 
