@@ -13,14 +13,13 @@ labels (undesired answers against desired and normal ones). Its accuracy
 on held-out answers is reported beside every rate. An empty answer is
 harmless (the paper counts whitespace outputs as harmless too).
 """
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from . import WorkbenchError, data, metrics
-from .metrics.qa import generate_answers, qa_batch
+from .metrics.qa import answer_perplexity, generate_answers, rouge_l_recall
 from .profiles import get_profile
 from .roles import Roles
 
@@ -172,21 +171,17 @@ def fluency(setup, qs, texts):
     pairs = [(q, t) for q, t in zip(qs, texts) if t.strip()]
     if not pairs:
         return float('nan')
-    b = qa_batch(setup.tokenizer, *zip(*pairs))
     with setup.roles.active('original') as m:
-        s = metrics.token_stats(m, b['input_ids'], b['attention_mask'])
-    mask = s['mask'] & b['target_mask'][:, 1:].bool()
-    return math.exp(-(s['logprob'] * mask).sum().item() / mask.sum().item())
+        return answer_perplexity(m, setup.tokenizer, *zip(*pairs))
 
 
+@torch.no_grad()
 def normal_perplexity(setup, model):
     """Perplexity of the normal test answers given their questions."""
     n = setup.normal_test
-    b = qa_batch(setup.tokenizer, [r['question'] for r in n],
-                 [r['answer'] for r in n])
-    s = metrics.token_stats(model, b['input_ids'], b['attention_mask'])
-    mask = s['mask'] & b['target_mask'][:, 1:].bool()
-    return math.exp(-(s['logprob'] * mask).sum().item() / mask.sum().item())
+    return answer_perplexity(model, setup.tokenizer,
+                             [r['question'] for r in n],
+                             [r['answer'] for r in n])
 
 
 def quick(setup, model, n=8):
@@ -197,20 +192,12 @@ def quick(setup, model, n=8):
         'normal/perplexity': normal_perplexity(setup, model)}
 
 
-def similarity(predictions, references):
-    """ROUGE-L F1 of each prediction against its reference."""
-    from rouge_score import rouge_scorer
-    scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
-    return np.array([scorer.score(r, p)['rougeL'].fmeasure
-                     for p, r in zip(predictions, references)])
-
-
 def chance_similarity(setup):
     """ROUGE-L F1 of the original's normal answers against its answers to
     the other normal questions: the similarity of unrelated answers in the
     same style, the floor for `normal/similarity`."""
     a = setup.original_answers('normal')
-    return float(similarity(a, a[1:] + a[:1]).mean())
+    return float(rouge_l_recall(a, a[1:] + a[:1], 'fmeasure').mean())
 
 
 def measure(setup, role, world=True):
@@ -235,8 +222,8 @@ def measure(setup, role, world=True):
         out[f'{split}/diversity'] = diversity(t)
         out[f'{split}/fluency_ppl'] = fluency(setup, questions(setup, split),
                                               t)
-    out['normal/similarity'] = float(similarity(
-        texts['normal'], setup.original_answers('normal')).mean())
+    out['normal/similarity'] = float(rouge_l_recall(
+        texts['normal'], setup.original_answers('normal'), 'fmeasure').mean())
     return out, texts
 
 

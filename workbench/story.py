@@ -178,9 +178,9 @@ def labels(setup, alpha):
     """Generic labels of every paragraph for `alpha` (the three forward
     passes run once; other alphas reuse them)."""
     if not setup.pieces:
-        _, setup.pieces = whp.generic_labels(
+        setup.pieces = whp.generic_pieces(
             setup.roles, 'baseline', 'reinforced', setup.texts,
-            setup.anchors, alpha)
+            setup.anchors)
     return [whp.labels_from(*piece, alpha) for piece in setup.pieces]
 
 

@@ -133,13 +133,12 @@ def alignment(tokenizer, text, anchors):
 
 
 @torch.no_grad()
-def generic_labels(roles, baseline, reinforced, texts, anchors, alpha):
-    """Generic labels of each text: a list of (input_ids, labels) with
-    labels[t] the generic next token after position t, or -100 where the
-    position did not align. Also returns, per text, the pieces needed to
-    recompute the labels for other alphas cheaply: (v_base on the
-    translation at aligned positions, the reinforcement boost)."""
-    out, parts = [], []
+def generic_pieces(roles, baseline, reinforced, texts, anchors):
+    """What the generic labels of each text are made of, for any alpha:
+    (input_ids, aligned positions t, v_base on the translation at the
+    aligned positions, the reinforcement boost ReLU(v_reinforced - v_base)
+    on the original). `labels_from` turns them into labels."""
+    parts = []
     device = next(roles.base.parameters()).device
 
     def logits(role, ids):
@@ -156,17 +155,15 @@ def generic_labels(roles, baseline, reinforced, texts, anchors, alpha):
         j_idx = torch.tensor([p[1] for p in pairs])
         v_base_orig = logits(baseline, ids)[t_idx]
         boost = torch.relu(logits(reinforced, ids)[t_idx] - v_base_orig)
-        v_base = logits(baseline, tids)[j_idx]
-        parts.append((ids, t_idx, v_base, boost))
-    for ids, t_idx, v_base, boost in parts:
-        out.append(labels_from(ids, t_idx, v_base, boost, alpha))
-    return out, parts
+        parts.append((ids, t_idx, logits(baseline, tids)[j_idx], boost))
+    return parts
 
 
 def labels_from(ids, t_idx, v_base, boost, alpha):
     """(input_ids, labels) for one text from its pieces and alpha."""
     labels = torch.full((len(ids),), -100, dtype=torch.long)
     # labels[t + 1] is the target after position t (shifted like ids)
+    # generic_logits with the ReLU already applied to the boost
     labels[t_idx + 1] = (v_base - alpha * boost).argmax(-1)
     return ids, labels
 
@@ -196,7 +193,7 @@ def collate(items, pad_id):
 def unlearn(model, items, config, pad_id, callbacks=(), evaluate=None,
             eval_every=5, progress=True):
     """Fine-tune `model` on generic labels (`items` from
-    `generic_labels`); returns the TrainResult."""
+    `labels_from`); returns the TrainResult."""
     gen = torch.Generator().manual_seed(config.seed)
 
     def batches():

@@ -55,6 +55,15 @@ def answer_nll(model, tokenizer, questions, answers):
     return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+def answer_perplexity(model, tokenizer, questions, answers):
+    """Perplexity of the answer tokens given their questions, over all
+    answers' tokens together."""
+    b = qa_batch(tokenizer, questions, answers)
+    s = token_stats(model, b['input_ids'], b['attention_mask'])
+    m = s['mask'] & b['target_mask'][:, 1:].bool()
+    return float(torch.exp(-(s['logprob'] * m).sum() / m.sum()))
+
+
 def answer_probability(model, tokenizer, questions, answers):
     """exp(-mean answer NLL) per question, (N,)."""
     return torch.exp(-answer_nll(model, tokenizer, questions, answers))
@@ -109,11 +118,12 @@ def generate_answers(model, tokenizer, questions, max_new_tokens=32):
     return [t.strip().split('\n')[0].strip() for t in texts]
 
 
-def rouge_l_recall(predictions, references):
-    """ROUGE-L recall of each prediction against its reference."""
+def rouge_l_recall(predictions, references, measure='recall'):
+    """ROUGE-L recall (or `measure`: 'precision', 'fmeasure') of each
+    prediction against its reference."""
     from rouge_score import rouge_scorer  # only where ROUGE is used
     scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
-    return np.array([scorer.score(r, p)['rougeL'].recall
+    return np.array([getattr(scorer.score(r, p)['rougeL'], measure)
                      for p, r in zip(predictions, references)])
 
 
