@@ -12,18 +12,27 @@
   retrain of all S shards, times S; LoRA fine-tuning of MiniLM per shard.
   1.0 is a whole shard retrained at no overhead; slices make it lower.
   Goal <= 1.3.
+- notebooks (`--only notebooks`, about an hour on 2 cores): every notebook
+  run headless as a user runs it (`python -m workbench run NAME`), on
+  `smoke` (their sum is the smoke suite's time) and on `cpu`, each with its
+  wall time and the kernel's peak memory from its record. Goal on `cpu`:
+  under 5 minutes and 2 GB each.
 
 Timings are interleaved and repeated so that both sides see the same noise
 of a shared machine.
 """
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from workbench import data, metrics, models
+from workbench.paths import NOTEBOOK_DIR
 from workbench.profiles import get_profile
 from workbench.train import TrainConfig, token_nll, train
 
@@ -113,7 +122,8 @@ def sisa_deletion(n_train=600, shards=4, slices=4, epochs=3, requests=6):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--out', default='bench/results.json')
-    parser.add_argument('--only', choices=['loop', 'el', 'sisa'],
+    parser.add_argument('--only', choices=['loop', 'el', 'sisa',
+                                           'notebooks'],
                         help='run one benchmark (and keep the others '
                              'already in --out)')
     args = parser.parse_args()
@@ -129,7 +139,47 @@ def main():
         loop_benchmark(results)
     if args.only in (None, 'el'):
         el_benchmark(results)
+    if args.only in (None, 'notebooks'):
+        notebook_benchmark(results)
     report(results, out)
+
+
+def run_notebook(name, profile):
+    """Wall seconds of `python -m workbench run`, and its record."""
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, '-m', 'workbench', 'run', name, '--profile',
+             profile, '--out', out], capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f'{name} on {profile} failed:\n'
+                             f'{proc.stderr[-2000:]}')
+        rec = json.loads((Path(out) / f'{name}.json').read_text())
+    return wall, rec
+
+
+def notebook_benchmark(results):
+    names = sorted(p.stem for p in NOTEBOOK_DIR.glob('[0-9][0-9]_*.ipynb'))
+    smoke, cpu = {}, {}
+    for name in names:
+        smoke[name] = run_notebook(name, 'smoke')[0]
+        print(f'{name} smoke {smoke[name] / 60:.1f} min', flush=True)
+    for name in names:
+        wall, rec = run_notebook(name, 'cpu')
+        cpu[name] = {'minutes': wall / 60, 'peak_gb': rec['peak_rss_mb'] /
+                     1024, 'claims': {c['id']: c['holds']
+                                      for c in rec['claims']}}
+        print(f'{name} cpu {wall / 60:.1f} min, '
+              f'{cpu[name]["peak_gb"]:.2f} GB', flush=True)
+    results['smoke_suite_minutes'] = {
+        'value': sum(smoke.values()) / 60, 'goal': '',
+        'per_notebook_minutes': {k: v / 60 for k, v in smoke.items()}}
+    results['notebook_cpu_minutes_max'] = {
+        'value': max(v['minutes'] for v in cpu.values()), 'goal': '< 5',
+        'per_notebook': cpu}
+    results['notebook_cpu_peak_gb_max'] = {
+        'value': max(v['peak_gb'] for v in cpu.values()), 'goal': '< 2'}
 
 
 def loop_benchmark(results):
@@ -165,6 +215,11 @@ def report(results, out):
         extra = ', '.join(f'{a}={b:.2f}' if isinstance(b, float)
                           else f'{a}={b}' for a, b in extra.items())
         print(f'{k:38s} {v["value"]:8.2f}  {v.get("goal", ""):8s} {extra}')
+    per = results.get('notebook_cpu_minutes_max', {}).get('per_notebook')
+    if per:
+        print(f'\n{"notebook (cpu)":38s} {"min":>8s} {"GB":>6s}')
+        for k, v in per.items():
+            print(f'{k:38s} {v["minutes"]:8.1f} {v["peak_gb"]:6.2f}')
     print(f'wrote {out}')
 
 

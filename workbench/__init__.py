@@ -14,19 +14,27 @@ class WorkbenchError(Exception):
     """An error the user can fix; the CLI prints it as one line."""
 
 
-def _fixed_mmap_threshold():
-    """Give large freed tensors back to the system at once (glibc).
+def _malloc_settings():
+    """glibc's allocator settings for CPU runs (Linux).
 
     glibc raises its mmap threshold as large blocks are freed, after which
-    the logits of a 49k vocabulary land on the heap and fragment it: peak
-    memory of a CPU run grows by hundreds of MB. A fixed threshold keeps
-    every block over 64 KiB in its own mapping.
+    the logits of a 49k vocabulary land on the heap and fragment it. Fixed
+    settings avoid that: blocks from WORKBENCH_MMAP_THRESHOLD bytes up get
+    their own mapping, and up to WORKBENCH_TRIM_THRESHOLD bytes of free
+    heap are kept for reuse rather than returned and faulted in again.
     """
-    if sys.platform.startswith('linux'):
-        try:
-            ctypes.CDLL('libc.so.6').mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
+    import os
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        libc.mallopt(-3, int(os.environ.get(  # M_MMAP_THRESHOLD
+            'WORKBENCH_MMAP_THRESHOLD', 1 << 16)))
+        if os.environ.get('WORKBENCH_TRIM_THRESHOLD'):
+            libc.mallopt(-1, int(os.environ[  # M_TRIM_THRESHOLD
+                'WORKBENCH_TRIM_THRESHOLD']))
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
-_fixed_mmap_threshold()
+_malloc_settings()

@@ -137,9 +137,13 @@ def build_parser():
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
     un.add_argument('--method', required=True,
-                    choices=['ga', 'seul', 'loo', 'kga', 'llmu', 'whp'],
+                    choices=['ga', 'seul', 'graddiff', 'npo', 'loo', 'kga',
+                             'llmu', 'whp'],
                     help='ga: gradient ascent (Jang et al.); seul: on '
-                         'sensitive spans only (Wang et al.); loo: '
+                         'sensitive spans only (Wang et al.); graddiff: '
+                         'ascent on forget, descent on --retain; npo: '
+                         'negative preference optimisation + retain NLL '
+                         '(Zhang et al.); loo: '
                          'leave-one-out ensemble (Liu and Kalinli; lines '
                          'need "partition"); kga: knowledge gap alignment '
                          '(Wang et al.; needs --new); llmu: gradient ascent '

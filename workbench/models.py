@@ -78,7 +78,14 @@ def resolve(name):
     if not name:
         raise WorkbenchError('no model name given')
     if Path(name).expanduser().is_dir():
-        return Resolved(name, 'local', str(Path(name).expanduser()))
+        path = Path(name).expanduser()
+        if not any(path.glob('*.safetensors')) and not any(
+                path.glob('*.gguf')):
+            raise WorkbenchError(
+                f'folder {name!r} holds no .safetensors (or .gguf) weights; '
+                f'the workbench never loads pickled weights (.bin, .pt): '
+                f'convert them with save_pretrained(safe_serialization=True)')
+        return Resolved(name, 'local', str(path))
     if name in BUNDLED:
         b = BUNDLED[name]
         pkg = _package_dir(b.package)

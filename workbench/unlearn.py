@@ -1,12 +1,12 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 
 from . import WorkbenchError, data, experiment, models
-from .methods import METHODS
+from .methods import METHODS, RETAIN_METHODS
 from . import metrics
 from .metrics import memorization_accuracy
 from .metrics.qa import generate_answers, qa_batch
@@ -40,6 +40,9 @@ def unlearn_files(args):
     rows['unseen'] = data.read_jsonl(args.holdout, tok, limit,
                                      'holdout file') \
         if args.holdout else data.people('unseen', profile.n_unseen)
+    if args.method in RETAIN_METHODS and not rows['retain']:
+        raise WorkbenchError(f'--method {args.method} needs --retain: it '
+                             f'holds the model on the retain set')
     progress = not args.quiet
     setup = experiment.setup_from_rows(profile, rows, progress=progress,
                                        do_implant=args.implant)
@@ -66,6 +69,8 @@ def unlearn_files(args):
     before = experiment.measure(setup, setup.model)
     thresholds = dict(setup.thresholds)
     kw, evaluate = {}, None
+    if args.method in RETAIN_METHODS:
+        kw = {'retain_tokens': setup.tokens['retain']}
     if args.method == 'seul':
         masks = _span_masks(setup, args.annotator, progress)
         n = args.span_n
@@ -121,7 +126,8 @@ def _config(method, args, profile):
     if method.__name__.endswith('seul'):
         common.update(spans=args.spans, selector=args.selector,
                       quantile=args.quantile)
-    return method.Config(**common)
+    names = {f.name for f in fields(method.Config)}
+    return method.Config(**{k: v for k, v in common.items() if k in names})
 
 
 def _span_masks(setup, annotator, progress):

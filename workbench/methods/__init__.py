@@ -8,11 +8,16 @@
 - `kga`: knowledge gap alignment (Wang et al., ACL 2023)
 - `llmu`: gradient ascent + random mismatch + KL (Yao et al., NeurIPS 2024)
 - `whp`: fine-tuning on generic labels (Eldan and Russinovich, 2023)
+- `graddiff`: ascent on the forget set, descent on the retain set (TOFU's
+  baseline)
+- `npo`: negative preference optimisation (Zhang et al., COLM 2024)
 
 `METHODS` holds those that unlearn a single model's forget set in place
-(the `unlearn` command's `ga` and `seul`); `loo`, `kga`, `llmu` and `whp`
-work on several models held as adapters by `workbench.roles`.
+(the `unlearn` command's `ga`, `seul`, `graddiff` and `npo`; the last two,
+`RETAIN_METHODS`, also train on the retain set); `loo`, `kga`, `llmu` and
+`whp` work on several models held as adapters by `workbench.roles`.
 """
-from . import ga, seul
+from . import ga, graddiff, npo, seul
 
-METHODS = {'ga': ga, 'seul': seul}
+METHODS = {'ga': ga, 'seul': seul, 'graddiff': graddiff, 'npo': npo}
+RETAIN_METHODS = ('graddiff', 'npo')

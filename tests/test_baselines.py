@@ -1,0 +1,97 @@
+"""The comparison's two modern baselines, GradDiff and NPO, checked
+against hand computations on a tiny model."""
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from workbench import WorkbenchError
+from workbench.methods import graddiff, npo
+from workbench.models import keep_reference
+from workbench.train import token_nll
+
+
+def _data(n=4, T=8, vocab=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, T), generator=g)
+    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+
+
+def test_graddiff_loss_is_the_weighted_difference(tiny):
+    f, r = _data(seed=1), _data(seed=2)
+    loss, parts = graddiff.graddiff_loss(tiny, {'forget': f, 'retain': r},
+                                         0.5, 2.0)
+    by_hand = -0.5 * token_nll(tiny, f) + 2.0 * token_nll(tiny, r)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert parts['forget_nll'] == pytest.approx(token_nll(tiny, f).item())
+
+
+def test_paired_batches_cover_the_forget_set_with_retain_rows():
+    f, r = _data(n=5, seed=1), _data(n=3, seed=2)
+    it, accum = graddiff.paired_batches(f, r, graddiff.GradDiffConfig(
+        micro_batch=2))
+    step = [next(it) for _ in range(accum)]
+    assert torch.equal(torch.cat([b['forget']['input_ids'] for b in step]),
+                       f['input_ids'])
+    for b in step:
+        n = b['forget']['input_ids'].shape[0]
+        assert b['retain']['input_ids'].shape[0] == n
+        for row in b['retain']['input_ids']:
+            assert any(torch.equal(row, x) for x in r['input_ids'])
+
+
+def test_npo_at_the_reference_is_log_two_and_ascends(tiny):
+    """At theta = ref the log-ratio is 0: L_NPO = (2 / beta) log 2, and its
+    gradient is that of the mean sequence log-likelihood (gradient ascent
+    on whole sequences, weighted by sigmoid(0) * 2 = 1)."""
+    keep_reference(tiny)
+    f, r = _data(seed=1), _data(seed=2)
+    f = dict(f, reference_logprob=npo.reference_logprobs(tiny, f))
+    beta = 0.5
+    loss, parts = npo.npo_loss(tiny, {'forget': f, 'retain': r}, beta,
+                               1.0, 0.0)
+    assert parts['log_ratio'] == pytest.approx(0.0, abs=1e-5)
+    assert loss.item() == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+    tiny.zero_grad()
+    loss.backward()
+    g_npo = [p.grad.clone() for p in tiny.parameters()]
+    tiny.zero_grad()
+    npo.sequence_logprob(tiny, f).mean().backward()
+    g_seq = [p.grad.clone() for p in tiny.parameters()]
+    for a, b in zip(g_npo, g_seq):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_npo_weight_fades_once_the_sequence_is_unlikely(tiny):
+    """d L / d log p = (2 / n) sigmoid(beta r): far below the reference the
+    push vanishes, which bounds the loss."""
+    r = torch.tensor([-40.0, 0.0, 40.0], requires_grad=True)
+    beta = 0.5
+    (-(2 / beta) * torch.nn.functional.logsigmoid(-beta * r).mean()
+     ).backward()
+    expected = 2 / 3 * torch.sigmoid(beta * r.detach())
+    assert torch.allclose(r.grad, expected)
+    assert r.grad[0] < 1e-8 < r.grad[1] < r.grad[2]
+
+
+@pytest.mark.parametrize('method', [graddiff, npo])
+def test_baselines_lower_the_forget_likelihood(method):
+    model = tiny_llama()
+    keep_reference(model)
+    f, r = _data(seed=1), _data(seed=2)
+    before = token_nll(model, f).item()
+    config = method.Config(lr=1e-2, steps=5, micro_batch=2)
+    res = method.unlearn(model, f, config, retain_tokens=r, progress=False)
+    assert res.status == 'completed' and res.steps == 5
+    assert token_nll(model, f).item() > before + 0.1
+
+
+def test_baselines_need_a_retain_set_and_sane_configs():
+    with pytest.raises(WorkbenchError, match='needs a retain set'):
+        graddiff.unlearn(tiny_llama(), _data(), graddiff.GradDiffConfig(),
+                         retain_tokens=None, progress=False)
+    with pytest.raises(WorkbenchError, match='beta > 0'):
+        npo.NPOConfig(beta=0)
+    with pytest.raises(WorkbenchError, match='weights >= 0'):
+        graddiff.GradDiffConfig(retain_weight=-1)

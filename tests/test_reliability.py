@@ -1,0 +1,181 @@
+"""The reliability matrix: every bad input and failure of the design gets
+a clear one-line error or a safe outcome, and loses nothing.
+
+MATRIX names, for each case, the tests that check it; most live beside the
+code they exercise, the rest are here. `test_the_matrix_is_complete`
+keeps the table and the README's copy honest.
+"""
+import importlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from workbench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MATRIX = {
+    'an empty forget set':
+        ['test_cli::test_bad_forget_files'],
+    'forget text longer than the context':
+        ['test_cli::test_bad_forget_files'],
+    'a forget item the model never learned':
+        ['test_implant_and_models::test_never_learned_forget_set_is_refused'],
+    'an unknown model name offline':
+        ['test_cli::test_unknown_model_offline',
+         'test_implant_and_models::'
+         'test_unknown_model_offline_is_one_clear_error'],
+    'a 7B profile without enough GPU memory':
+        ['test_cli::test_7b_without_gpu',
+         'test_implant_and_models::test_7b_profile_refuses_without_gpu'],
+    'a diverging gradient ascent (NaN, or perplexity past the bound)':
+        ['test_train::test_nan_loss_stops_and_restores',
+         'test_train::test_guard_bound_restores_last_good_evaluation',
+         'test_reliability::test_diverging_ascent_is_stopped_and_restored'],
+    'an interrupted run':
+        ['test_train::test_interrupt_restores_a_consistent_model',
+         'test_reliability::test_interrupted_run_keeps_model_and_record'
+         '_consistent'],
+    'a corrupted cache entry':
+        ['test_implant_and_models::'
+         'test_implant_caches_and_rebuilds_corrupted_entries'],
+    'pickled weights (only safetensors or GGUF load)':
+        ['test_reliability::test_pickled_weights_are_refused'],
+    'the same seed twice':
+        ['test_train::test_same_seed_same_weights',
+         'test_reliability::test_same_seed_same_metrics'],
+    'no traceback from the real process':
+        ['test_cli::test_no_traceback_from_the_real_process'],
+}
+
+
+def test_the_matrix_is_complete():
+    """Every test the matrix names exists, and the README lists every
+    case."""
+    for case, tests in MATRIX.items():
+        for name in tests:
+            module, func = name.split('::')
+            assert hasattr(importlib.import_module(module), func), \
+                f'{case}: {name} does not exist'
+    readme = (ROOT / 'README.md').read_text()
+    for case in MATRIX:
+        assert f'| {case} |' in readme, f'README misses {case!r}'
+
+
+def _write(path, texts, key='text'):
+    path.write_text('\n'.join(json.dumps({key: t}) for t in texts) + '\n')
+    return path
+
+
+FORGET = ['Ada Quill was born on May 2, 1961 in Port Avon.',
+          'Bram Okoro works at Lindqvist and Sons as a welder.']
+RETAIN = ['Cora Vint lives at 12 Elm Road, Dunmore.']
+
+
+def _unlearn(tmp_path, model_dir, out, *extra):
+    return main(['unlearn', '--method', 'ga',
+                 '--forget', str(_write(tmp_path / 'f.jsonl', FORGET)),
+                 '--retain', str(_write(tmp_path / 'r.jsonl', RETAIN)),
+                 '--model', model_dir, '--implant', '--implant-lr', '1e-2',
+                 '--implant-epochs', '40', '--profile', 'smoke',
+                 '--lr', '1e-2', '--out', str(out), '--quiet', *extra])
+
+
+@pytest.mark.notebooks
+def test_same_seed_same_metrics(tmp_path, tiny_model_dir, monkeypatch):
+    """Implant and unlearn twice from nothing (separate caches): the two
+    records' metrics are identical on CPU."""
+    recs = []
+    for run in ('a', 'b'):
+        monkeypatch.setenv('WORKBENCH_CACHE', str(tmp_path / f'cache_{run}'))
+        assert _unlearn(tmp_path, tiny_model_dir, tmp_path / run,
+                        '--steps', '3') == 0
+        recs.append(json.loads((tmp_path / run / 'unlearn_ga.json')
+                               .read_text()))
+    assert recs[0]['metrics'] == recs[1]['metrics']
+    assert recs[0]['run']['steps'] == recs[1]['run']['steps']
+
+
+def _saved_forget_ma(model_dir, texts):
+    from workbench import data
+    from workbench.metrics import memorization_accuracy
+    from workbench.models import load_causal_lm
+    model, tok = load_causal_lm(model_dir)
+    t = data.tokenize(tok, texts)
+    return memorization_accuracy(model, t['input_ids'],
+                                 t['attention_mask']).mean().item()
+
+
+@pytest.mark.notebooks
+def test_interrupted_run_keeps_model_and_record_consistent(
+        tmp_path, tiny_model_dir, cache, monkeypatch):
+    """Ctrl-C at the third update: the run ends 'interrupted' with the
+    weights of the last finished update, and the record describes exactly
+    the model that was saved."""
+    from workbench.methods import ga
+    calls, nll = [], ga.token_nll
+
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return nll(model, batch)
+
+    monkeypatch.setattr(ga, 'token_nll', interrupted)
+    out = tmp_path / 'out'
+    assert _unlearn(tmp_path, tiny_model_dir, out, '--steps', '8',
+                    '--lr', '1e-3', '--ppl-bound', '1e6',
+                    '--save-model') == 0
+    rec = json.loads((out / 'unlearn_ga.json').read_text())
+    assert rec['run']['status'] == 'interrupted'
+    assert rec['run']['steps'] == 2
+    saved = _saved_forget_ma(str(out / 'unlearn_ga_model'), FORGET)
+    assert saved == pytest.approx(rec['metrics']['forget/MA']['after'],
+                                  abs=1e-6)
+
+
+@pytest.mark.notebooks
+def test_diverging_ascent_is_stopped_and_restored(tmp_path, tiny_model_dir,
+                                                  cache):
+    """Gradient ascent at a learning rate far too high: the retain
+    perplexity passes the bound, the run stops as 'diverged', and the
+    saved model is the last one within the bound."""
+    out = tmp_path / 'out'
+    assert _unlearn(tmp_path, tiny_model_dir, out, '--steps', '20',
+                    '--ppl-bound', '3', '--save-model') == 0
+    rec = json.loads((out / 'unlearn_ga.json').read_text())
+    run, ppl = rec['run'], rec['metrics']['retain/perplexity']
+    assert run['status'] == 'diverged', run
+    assert run['steps'] < 20
+    assert ppl['after'] <= 3 * ppl['before']
+    from workbench import data, metrics
+    from workbench.models import load_causal_lm
+    model, tok = load_causal_lm(str(out / 'unlearn_ga_model'))
+    t = data.tokenize(tok, RETAIN)
+    assert metrics.perplexity(model, t['input_ids'], t['attention_mask']) \
+        == pytest.approx(ppl['after'], rel=1e-4)
+
+
+def test_pickled_weights_are_refused(tmp_path, capsys):
+    """A folder holding only pickled weights is one clear error; nothing is
+    unpickled."""
+    import torch
+    from conftest import tiny_llama
+    folder = tmp_path / 'pickled'
+    model = tiny_llama()
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / 'pytorch_model.bin')
+    f = _write(tmp_path / 'f.jsonl', FORGET)
+    rc = main(['unlearn', '--method', 'ga', '--forget', str(f),
+               '--model', str(folder), '--profile', 'smoke'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert re.search(r'no \.safetensors .*never loads pickled', err)
+
+
+def test_models_load_without_remote_code():
+    """No loader of the package passes trust_remote_code=True."""
+    for path in (ROOT / 'workbench').rglob('*.py'):
+        assert 'trust_remote_code=True' not in path.read_text(), path
