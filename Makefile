@@ -1,6 +1,6 @@
 # LLM Unlearning Workbench
 #   make demo     run the tour notebook headless (offline default model)
-#   make test     run the test suite
+#   make test     run the test suite (the browser test included)
 #   make lab      open JupyterLab on the notebooks
 #   make bench    run the benchmarks, write bench/results.json
 # Both demo and test create .venv through `make setup` when it is missing.
@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 PROFILE ?= cpu
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-fast lab bench clean
+.PHONY: setup browser demo test test-fast test-ui lab bench clean
 
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,25 @@ $(VENV)/.done: pyproject.toml
 
 setup: $(VENV)/.done
 
+# the browser test drives Debian's chromium through Playwright for Python
+# (Playwright cannot download its own browser offline)
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q chromium
+
+browser: $(CHROMIUM)
+
 demo: setup
 	$(PY) -m workbench run 00_tour --profile $(PROFILE) --out results
 
-test: setup
-	$(PY) -m pytest -q -m "not ui"
+test: setup browser
+	$(PY) -m pytest -q
+
+test-ui: setup browser
+	$(PY) -m pytest -q -m ui
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not notebooks and not ui"
