@@ -95,3 +95,35 @@ def test_baselines_need_a_retain_set_and_sane_configs():
         npo.NPOConfig(beta=0)
     with pytest.raises(WorkbenchError, match='weights >= 0'):
         graddiff.GradDiffConfig(retain_weight=-1)
+
+
+def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys):
+    from workbench.cli import main
+    f = tmp_path / 'f.jsonl'
+    f.write_text('{"text": "Ada Quill was born in Port Avon."}\n')
+    for method in ('graddiff', 'npo'):
+        assert main(['unlearn', '--method', method, '--forget', str(f),
+                     '--profile', 'smoke']) == 2
+        assert f'--method {method} needs --retain' in \
+            capsys.readouterr().err
+
+
+@pytest.mark.notebooks
+def test_cli_npo_on_a_users_files(tmp_path, tiny_model_dir, cache):
+    import json
+    from workbench.cli import main
+    f, r = tmp_path / 'f.jsonl', tmp_path / 'r.jsonl'
+    f.write_text('\n'.join(json.dumps({'text': t}) for t in [
+        'Ada Quill was born on May 2, 1961 in Port Avon.',
+        'Bram Okoro works at Lindqvist and Sons as a welder.']) + '\n')
+    r.write_text(json.dumps(
+        {'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}) + '\n')
+    assert main(['unlearn', '--method', 'npo', '--forget', str(f),
+                 '--retain', str(r), '--model', tiny_model_dir, '--implant',
+                 '--implant-lr', '1e-2', '--implant-epochs', '40',
+                 '--profile', 'smoke', '--lr', '1e-2', '--steps', '6',
+                 '--out', str(tmp_path / 'out'), '--quiet']) == 0
+    rec = json.loads((tmp_path / 'out' / 'unlearn_npo.json').read_text())
+    ma = rec['metrics']['forget/MA']
+    assert ma['after'] < ma['before'] - 0.2
+    assert rec['run']['config']['beta'] == 0.1
