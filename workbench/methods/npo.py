@@ -18,10 +18,10 @@ retain set's NLL, as `graddiff` does.
 """
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 
 from .. import WorkbenchError
+from ..metrics import token_stats
 from ..models import reference
 from ..train import token_logprobs, token_nll
 from . import ga
@@ -52,19 +52,16 @@ def sequence_logprob(model, batch):
     return (logp * mask).sum(1)
 
 
-@torch.no_grad()
-def reference_logprobs(model, tokens, micro_batch=8):
+def reference_logprobs(model, tokens):
     """log p_ref(y) of every row, under the original model (the adapter
     disabled, or the kept copy)."""
-    out = []
     with reference(model) as ref:
-        for i in range(0, tokens['input_ids'].shape[0], micro_batch):
-            out.append(sequence_logprob(ref, {
-                k: v[i:i + micro_batch] for k, v in tokens.items()}).cpu())
-    return torch.cat(out)
+        s = token_stats(ref, tokens['input_ids'], tokens['attention_mask'])
+    return (s['logprob'] * s['mask']).sum(1)
 
 
-def npo_loss(model, batch, beta=0.1, forget_weight=1.0, retain_weight=1.0):
+def npo_loss(model, batch, beta=0.1, forget_weight=1.0,
+             retain_weight=1.0):
     """NPO on the forget rows (their reference log-probabilities come with
     the batch), plus the retain NLL."""
     forget = batch['forget']
@@ -83,8 +80,8 @@ def unlearn(model, forget, config, retain_tokens=None, callbacks=(),
             progress=True):
     """NPO (+RT when `retain_weight` > 0) on `forget`; returns the
     TrainResult."""
-    forget = dict(forget, reference_logprob=reference_logprobs(
-        model, forget, config.micro_batch))
+    forget = dict(forget, reference_logprob=reference_logprobs(model,
+                                                               forget))
 
     def loss_fn(m, batch):
         return npo_loss(m, batch, config.beta, config.forget_weight,
