@@ -37,6 +37,10 @@ def _widget_for(f, value):
                   continuous_update=False)
     if f.type in (bool, 'bool'):
         return widgets.Checkbox(value=value, description=desc, style=style)
+    if 'choices' in meta and isinstance(value, tuple):  # pick several
+        return widgets.SelectMultiple(options=meta['choices'], value=value,
+                                      description=desc, style=style,
+                                      rows=len(meta['choices']))
     if 'choices' in meta:
         return widgets.Dropdown(options=meta['choices'], value=value,
                                 description=desc, style=style)

@@ -104,7 +104,7 @@ def prepare(roles, a_d, a_f, a_n, forget, retain, new):
 
 def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
             evaluate=None, should_stop=None, progress=True,
-            name='unlearned'):
+            name='unlearned', guard_bound=float('inf')):
     """Copy role `a_d` to role `name` and run KGA on it with the frozen
     roles `a_f` (trained on the forget texts) and `a_n` (trained on the new
     texts `new`). `forget`, `retain`, `new` are tokenised. Returns the
@@ -142,7 +142,8 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
         return should_stop(metrics) if should_stop else None
 
     loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
-                       seed=config.seed, desc='KGA', progress=progress)
+                       seed=config.seed, desc='KGA', guard_bound=guard_bound,
+                       progress=progress)
     result = train(model, kga_loss, updates(), loop, callbacks, measured,
                    stop)
     result.gap = gap

@@ -142,7 +142,8 @@ def batches(tokenizer, forget, normal, config, reference):
 
 def unlearn(model, tokenizer, forget, normal, config, reference,
             callbacks=(), evaluate=None, eval_every=5, progress=True,
-            guard_key='normal/perplexity', guard_bound=float('inf')):
+            guard_key='normal/perplexity', guard_bound=float('inf'),
+            should_stop=None):
     """Run the update on `model` (its trainable weights) and return the
     TrainResult. `reference(batch)` gives the original model's (B, T-1, V)
     log-distributions on a batch (no gradient).
@@ -153,7 +154,8 @@ def unlearn(model, tokenizer, forget, normal, config, reference,
     spike at step s; the run stops at step s * (1 + run_on), or at
     `steps`. `evaluate(model)` runs every `eval_every` steps; when it
     reports `guard_key` above `guard_bound` the run stops and the weights
-    of the last evaluation within the bound come back."""
+    of the last evaluation within the bound come back; `should_stop`
+    (a stopping rule on the evaluated metrics) can end it earlier."""
     if not forget or not normal:
         raise WorkbenchError('LLMU needs forget pairs and normal pairs')
     state = {'step': 0, 'spike': None, 'forget_nll': None}
@@ -179,7 +181,7 @@ def unlearn(model, tokenizer, forget, normal, config, reference,
         if s is not None and state['step'] >= s * (1 + config.run_on):
             return (f'the forget loss spiked (NLL >= {config.spike_nll}) at '
                     f'step {s}; ran on for {state["step"] - s} more')
-        return None
+        return should_stop(metrics) if should_stop and metrics else None
 
     loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adamw',
                        betas=(0.9, 0.999), eval_every=1, seed=config.seed,

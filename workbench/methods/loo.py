@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import WorkbenchError
+from ..data import used_width
 from ..metrics import token_kl
 from ..roles import vocab_logprobs
 from ..train import TrainConfig, train
@@ -81,21 +82,28 @@ def loo_loss(model, batch):
     return token_kl(batch['target_logprobs'], logp, mask)
 
 
-def soft_labels(roles, teachers, forget, partitions, ensemble):
+def soft_labels(roles, teachers, forget, partitions, ensemble, rows=4):
     """The fixed soft labels of the forget sequences: `partitions[b]` is
-    the index (in `teachers`) of the teacher whose data held row b."""
-    logps = []
-    for t in teachers:
-        lp, _ = roles.logprobs(t, forget)
-        logps.append(lp)
+    the index (in `teachers`) of the teacher whose data held row b.
+    Computed `rows` sequences at a time: all teachers' distributions of
+    the whole forget set at once would take K times its labels' memory."""
     excluded = list(partitions) if ensemble == 'leave-one-out' \
         else [None] * len(partitions)
-    return ensemble_logprobs(torch.stack(logps), excluded)
+    width = used_width(forget['attention_mask'])
+    parts = []
+    for i in range(0, len(excluded), rows):
+        chunk = {k: forget[k][i:i + rows, :width]
+                 for k in ('input_ids', 'attention_mask')}
+        logps = torch.stack([roles.logprobs(t, chunk)[0] for t in teachers])
+        lp = ensemble_logprobs(logps, excluded[i:i + rows])
+        pad = width - 1 - lp.shape[1]  # the chunk may be narrower
+        parts.append(torch.nn.functional.pad(lp, (0, 0, 0, pad)))
+    return torch.cat(parts)
 
 
 def unlearn(roles, student, teachers, forget, partitions, config,
             callbacks=(), evaluate=None, should_stop=None, progress=True,
-            name='unlearned'):
+            name='unlearned', guard_bound=float('inf')):
     """Copy role `student` to role `name` and distil it on `forget`
     (tokenised) towards the teachers' ensemble; return the TrainResult.
 
@@ -115,6 +123,6 @@ def unlearn(roles, student, teachers, forget, partitions, config,
     loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
                        seed=config.seed, desc=f'{config.ensemble} '
                                               f'distillation',
-                       progress=progress)
+                       guard_bound=guard_bound, progress=progress)
     return train(model, loo_loss, itertools.repeat(batch), loop, callbacks,
                  evaluate, should_stop)

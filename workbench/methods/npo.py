@@ -56,7 +56,12 @@ def reference_logprobs(model, tokens):
     """log p_ref(y) of every row, under the original model (the adapter
     disabled, or the kept copy)."""
     with reference(model) as ref:
-        s = token_stats(ref, tokens['input_ids'], tokens['attention_mask'])
+        return sequence_logprobs(ref, tokens)
+
+
+def sequence_logprobs(model, tokens):
+    """log p(y) of every tokenised row under `model`, without gradient."""
+    s = token_stats(model, tokens['input_ids'], tokens['attention_mask'])
     return (s['logprob'] * s['mask']).sum(1)
 
 
@@ -77,11 +82,13 @@ def npo_loss(model, batch, beta=0.1, forget_weight=1.0,
 
 def unlearn(model, forget, config, retain_tokens=None, callbacks=(),
             evaluate=None, should_stop=None, guard_bound=float('inf'),
-            progress=True):
+            progress=True, reference_logprob=None):
     """NPO (+RT when `retain_weight` > 0) on `forget`; returns the
-    TrainResult."""
-    forget = dict(forget, reference_logprob=reference_logprobs(model,
-                                                               forget))
+    TrainResult. `reference_logprob` (log p_ref of each forget row) is
+    taken from `model`'s reference when not given."""
+    if reference_logprob is None:
+        reference_logprob = reference_logprobs(model, forget)
+    forget = dict(forget, reference_logprob=reference_logprob)
 
     def loss_fn(m, batch):
         return npo_loss(m, batch, config.beta, config.forget_weight,

@@ -191,7 +191,8 @@ def collate(items, pad_id):
 
 
 def unlearn(model, items, config, pad_id, callbacks=(), evaluate=None,
-            eval_every=5, progress=True):
+            eval_every=5, progress=True, should_stop=None,
+            guard_bound=float('inf')):
     """Fine-tune `model` on generic labels (`items` from
     `labels_from`); returns the TrainResult."""
     gen = torch.Generator().manual_seed(config.seed)
@@ -206,5 +207,6 @@ def unlearn(model, items, config, pad_id, callbacks=(), evaluate=None,
     loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adamw',
                        betas=(0.9, 0.999), eval_every=eval_every,
                        seed=config.seed, desc='WHP fine-tuning',
-                       progress=progress)
-    return train(model, whp_loss, batches(), loop, callbacks, evaluate)
+                       guard_bound=guard_bound, progress=progress)
+    return train(model, whp_loss, batches(), loop, callbacks, evaluate,
+                 should_stop)

@@ -1,0 +1,396 @@
+"""Every LM method of the workbench on one forget set, against the
+retrain oracle.
+
+One base model holds every model as a LoRA role (`workbench.roles`):
+`original` learned the Q&A pairs of the forget and retain people (TOFU's
+setting, with the workbench's synthetic people); `retrained`, the oracle,
+learned the retain people only. The forget set is the forget people's
+Q&A pairs; the methods that unlearn tokens do so on the answers (TOFU's
+convention), and every forget metric is taken on the answers too. Each
+method starts from a copy of `original` and gets the same budget: the
+same number of updates, the same learning rate, the same stopping rule
+(forget MA at the level of people the original never saw, Jang et al.'s
+threshold) and the same divergence guard (retain perplexity). Every
+model is then measured with OpenUnlearning's metrics, and probed for
+relearning.
+
+The frozen models some methods need are roles too: the leave-one-out
+teachers (one per partition of the people), KGA's A_f (the forget people)
+and A_n (new people), WHP's reinforced model (`original` trained further
+on the forget people).
+"""
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from . import WorkbenchError, data, metrics
+from .methods import ga, graddiff, kga, llmu, loo, npo, seul, whp
+from .metrics.qa import generate_answers, qa_batch
+from .profiles import get_profile
+from .roles import Roles, adapter_lr
+from .train import TrainConfig, token_nll, train
+
+METHODS = ('ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu', 'whp')
+LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
+          'graddiff': 'GradDiff', 'npo': 'NPO', 'loo': 'leave-one-out (02)',
+          'kga': 'KGA (04)', 'llmu': 'LLMU (05)', 'whp': "WHP (06)"}
+ANSWER_TOKENS = 24  # greedy answer length (the answers have 10-20 tokens)
+# people per split (4 Q&A pairs each); `utility_qa` retain pairs and
+# `world` world_facts questions measure utility
+SIZES = {
+    'smoke': {'forget': 2, 'retain': 4, 'holdout': 4, 'new': 2,
+              'teachers': 3, 'epochs': 8, 'reinforce': 2, 'utility_qa': 8,
+              'world': 16},
+    'cpu': {'forget': 4, 'retain': 8, 'holdout': 6, 'new': 4,
+            'teachers': 4, 'epochs': 8, 'reinforce': 2, 'utility_qa': 16,
+            'world': 40},
+    'gpu': {'forget': 10, 'retain': 30, 'holdout': 10, 'new': 10,
+            'teachers': 5, 'epochs': 6, 'reinforce': 2, 'utility_qa': 40,
+            'world': 120},
+}
+
+
+@dataclass
+class Budget:
+    """What every method gets, and which methods run."""
+    methods: tuple = field(default=METHODS, metadata={
+        'choices': METHODS, 'help': 'methods to compare'})
+    steps: int = field(default=10, metadata={
+        'min': 1, 'max': 60, 'help': 'most updates of every method'})
+    lr: float = field(default=1e-3, metadata={
+        'min': 1e-5, 'max': 1e-2, 'log': True,
+        'help': 'learning rate of every method (LoRA)'})
+    relearn_steps: int = field(default=5, metadata={
+        'min': 0, 'max': 20, 'help': 'updates of the relearning probe'})
+    seed: int = field(default=0, metadata={
+        'min': 0, 'max': 100, 'help': 'random seed'})
+
+    def __post_init__(self):
+        unknown = set(self.methods) - set(METHODS)
+        if not self.methods or unknown:
+            raise WorkbenchError(f'choose methods among {", ".join(METHODS)}; '
+                                 f'unknown: {sorted(unknown)}')
+        if self.steps < 1 or not self.lr > 0 or self.relearn_steps < 0:
+            raise WorkbenchError(f'the budget needs steps >= 1, lr > 0 and '
+                                 f'relearn_steps >= 0, got {self}')
+
+
+def person_texts(person):
+    """A person's Q&A pairs, as training texts."""
+    return [data.qa_text(q['question'], q['answer']) for q in person['qa']]
+
+
+def pii_spans(text, person):
+    """Character spans of `text` holding the person's personal details
+    (every occurrence of each value of their bio's spans)."""
+    out = []
+    for start, end, kind in person['spans']:
+        value = person['text'][start:end]
+        i = text.find(value)
+        while i >= 0:
+            out.append((i, i + len(value)))
+            i = text.find(value, i + 1)
+    return sorted(out)
+
+
+def detail_mask(tokenizer, people, batch):
+    """(B, T) mask of the answer tokens of `batch` (from `qa_batch` on the
+    people's Q&A pairs, in order) that hold a personal detail: SeUL's
+    sensitive spans."""
+    mask = torch.zeros_like(batch['target_mask'], dtype=torch.bool)
+    rows = [(q, r) for r in people for q in r['qa']]
+    for i, (q, person) in enumerate(rows):
+        start = int(batch['target_mask'][i].nonzero()[0])
+        answer = ' ' + q['answer']  # as `qa_batch` tokenises it
+        spans = pii_spans(answer, person)
+        offsets = tokenizer(answer, return_offsets_mapping=True)[
+            'offset_mapping']
+        for j, (a, b) in enumerate(offsets):
+            if any(a < e and s < b for s, e in spans):
+                mask[i, start + j] = True
+    return mask
+
+
+def anchors_for(forget, holdout):
+    """WHP's anchored terms: each forget person's details, replaced by the
+    same detail of a holdout person (a name for a name, a city for a
+    city)."""
+    out = []
+    for i, person in enumerate(forget):
+        other = holdout[i % len(holdout)]
+        theirs = {kind: other['text'][s:e] for s, e, kind in other['spans']}
+        for s, e, kind in person['spans']:
+            if kind in theirs:
+                out.append({'term': person['text'][s:e],
+                            'generic': theirs[kind]})
+    return out
+
+
+@dataclass
+class CompareSetup:
+    """The trained roles and everything they are measured on."""
+    roles: Roles
+    sizes: dict
+    people: dict  # split -> people rows
+    texts: dict  # split -> training texts
+    tokens: dict  # split -> tokenised texts
+    qa: dict  # split -> Q&A items
+    world: list
+    span_mask: torch.Tensor  # forget tokens holding personal details
+    partitions: list  # leave-one-out teacher of each forget text
+    teachers: list
+    anchors: list
+    thresholds: dict  # forget MA of people the original never saw
+    guard_bound: float  # retain perplexity that stops a run
+    results: dict = field(default_factory=dict)  # role -> measurement
+
+    @property
+    def tokenizer(self):
+        return self.roles.tokenizer
+
+
+def setup(profile='smoke', progress=True, **sizes):
+    """Train (or load from the cache) the original, the oracle and the
+    frozen roles the methods need."""
+    p = get_profile(profile)
+    s = dict(SIZES.get(p.name, SIZES['gpu']), **sizes)
+    unseen = data.people('unseen', s['holdout'] + s['new'])
+    people = {'forget': data.people('forget', s['forget']),
+              'retain': data.people('retain', s['retain']),
+              'holdout': unseen[:s['holdout']],
+              'new': unseen[s['holdout']:]}
+    texts = {k: [t for r in v for t in person_texts(r)]
+             for k, v in people.items()}
+    qa = {k: [dict(q) for r in v for q in r['qa']]
+          for k, v in people.items()}
+    roles = Roles(p, progress)
+    tok = roles.tokenizer
+    tokens = {k: qa_batch(tok, [q['question'] for q in v],
+                          [q['answer'] for q in v]) for k, v in qa.items()}
+    roles.fit('original', texts['forget'] + texts['retain'], s['epochs'],
+              desc='original (forget + retain people)')
+    roles.fit('retrained', texts['retain'], s['epochs'],
+              desc='retrained oracle (retain people only)')
+    # leave-one-out: the people dealt round-robin into disjoint partitions
+    everyone = people['forget'] + people['retain']
+    teachers = [f'teacher{j}' for j in range(s['teachers'])]
+    for j, name in enumerate(teachers):
+        part = [t for i, r in enumerate(everyone) if i % len(teachers) == j
+                for t in person_texts(r)]
+        roles.fit(name, part, s['epochs'], desc=f'teacher {j}')
+    partitions = [i % len(teachers) for i, r in enumerate(people['forget'])
+                  for _ in person_texts(r)]
+    roles.fit('A_f', texts['forget'], s['epochs'], desc='KGA A_f')
+    roles.fit('A_n', texts['new'], s['epochs'], desc='KGA A_n')
+    roles.fit('reinforced', texts['forget'], s['reinforce'],
+              start='original', desc='WHP reinforced')
+    span_mask = detail_mask(tok, people['forget'], tokens['forget'])
+    with roles.active('original') as m:
+        h = tokens['holdout']
+        thresholds = {'MA': metrics.memorization_accuracy(
+            m, h['input_ids'], h['attention_mask'],
+            h['target_mask']).mean().item()}
+        r = tokens['retain']
+        bound = 3 * metrics.perplexity(m, r['input_ids'], r['attention_mask'])
+    return CompareSetup(roles, s, people, texts, tokens, qa,
+                        data.world_facts(s['world']), span_mask, partitions,
+                        teachers, anchors_for(people['forget'],
+                                              people['holdout']),
+                        thresholds, bound)
+
+
+def step_metrics(setup, model):
+    """Measured after every update of every method: forget MA on the
+    answers (the stopping rule) and retain perplexity of the whole Q&A
+    texts (the divergence guard)."""
+    f, r = setup.tokens['forget'], setup.tokens['retain']
+    stats = metrics.token_stats(model, r['input_ids'], r['attention_mask'])
+    return {'forget/MA': metrics.memorization_accuracy(
+                model, f['input_ids'], f['attention_mask'],
+                f['target_mask']).mean().item(),
+            'retain/perplexity': metrics.perplexity(model, r['input_ids'],
+                                                    stats=stats)}
+
+
+def forgotten(setup, m):
+    """The shared stopping rule: forget MA at the unseen people's level."""
+    ma = m.get('forget/MA')
+    if ma is not None and ma <= setup.thresholds['MA']:
+        return f'forget MA {ma:.3f} <= {setup.thresholds["MA"]:.3f}'
+    return None
+
+
+def unlearn(setup, method, budget, callbacks=(), progress=True):
+    """Run one method from a copy of `original` into the role named after
+    it, with the budget's updates and learning rate; return the
+    TrainResult."""
+    roles, tok = setup.roles, setup.tokenizer
+    forget, retain = setup.tokens['forget'], setup.tokens['retain']
+    common = dict(callbacks=callbacks, evaluate=partial(step_metrics, setup),
+                  should_stop=partial(forgotten, setup),
+                  guard_bound=setup.guard_bound, progress=progress)
+    lr, steps, seed = budget.lr, budget.steps, budget.seed
+    if method in ('ga', 'seul', 'graddiff', 'npo'):
+        model = roles.copy('original', method)
+        if method == 'ga':
+            return ga.unlearn(model, forget, ga.GAConfig(
+                lr=lr, steps=steps, seed=seed), **common)
+        if method == 'seul':
+            return seul.unlearn(model, forget, seul.SeULConfig(
+                lr=lr, steps=steps, seed=seed, spans='annotated'),
+                span_mask=setup.span_mask, **common)
+        if method == 'graddiff':
+            return graddiff.unlearn(model, forget, graddiff.GradDiffConfig(
+                lr=lr, steps=steps, seed=seed), retain_tokens=retain,
+                **common)
+        with roles.active('original') as m:
+            ref = npo.sequence_logprobs(m, forget)
+        return npo.unlearn(model, forget, npo.NPOConfig(
+            lr=lr, steps=steps, seed=seed), retain_tokens=retain,
+            reference_logprob=ref, **common)
+    if method == 'loo':
+        return loo.unlearn(roles, 'original', setup.teachers, forget,
+                           setup.partitions, loo.LOOConfig(
+                               lr=lr, steps=steps, seed=seed),
+                           name='loo', **common)
+    if method == 'kga':
+        return kga.unlearn(roles, 'original', 'A_f', 'A_n', forget, retain,
+                           setup.tokens['new'], kga.KGAConfig(
+                               lr=lr, steps=steps, seed=seed),
+                           name='kga', **common)
+    if method == 'llmu':
+        model = roles.copy('original', 'llmu')
+        return llmu.unlearn(
+            model, tok, setup.qa['forget'], setup.qa['retain'],
+            llmu.LLMUConfig(lr=lr, steps=steps, seed=seed,
+                            random_answers=2),
+            lambda b: roles.logprobs('original', b), eval_every=1,
+            guard_key='retain/perplexity', **common)
+    if method == 'whp':
+        pieces = whp.generic_pieces(roles, 'original', 'reinforced',
+                                    setup.texts['forget'], setup.anchors)
+        items = [whp.labels_from(*piece, 2.0) for piece in pieces]
+        model = roles.copy('original', 'whp')
+        return whp.unlearn(model, items, whp.WHPConfig(
+            lr=lr, steps=steps, seed=seed), tok.pad_token_id, eval_every=1,
+            **common)
+    raise WorkbenchError(f'unknown method {method!r}; choose one of '
+                         f'{", ".join(METHODS)}')
+
+
+def measure(setup, role):
+    """OpenUnlearning-comparable numbers of role `role` (None: the base
+    model, which never saw any of the people), and the forget truth
+    ratios (for Forget Quality)."""
+    tok, n = setup.tokenizer, setup.sizes['utility_qa']
+    f, h = setup.tokens['forget'], setup.tokens['holdout']
+    fqa, rqa = setup.qa['forget'], setup.qa['retain'][:n]
+    out = {}
+    with setup.roles.active(role) as m:
+        answer = (f['input_ids'], f['attention_mask'], f['target_mask'])
+        out['forget/ES'] = metrics.extraction_strength(
+            m, *answer).mean().item()
+        out['forget/MA'] = metrics.memorization_accuracy(
+            m, *answer).mean().item()
+        ratios = metrics.truth_ratios(m, tok, fqa)
+        out['forget/truth_ratio'] = metrics.truth_ratio(ratios, forget=True)
+        answers = generate_answers(m, tok, [q['question'] for q in fqa],
+                                   ANSWER_TOKENS)
+        out['forget/ROUGE'] = metrics.rouge_l_recall(
+            answers, [q['answer'] for q in fqa]).mean()
+        qs = [q['question'] for q in rqa]
+        utility = {
+            'retain/probability': metrics.answer_probability(
+                m, tok, qs, [q['answer'] for q in rqa]).mean().item(),
+            'retain/ROUGE': metrics.rouge_l_recall(generate_answers(
+                m, tok, qs, ANSWER_TOKENS), [q['answer'] for q in rqa]
+            ).mean(),
+            'retain/truth_ratio': metrics.truth_ratio(
+                metrics.truth_ratios(m, tok, rqa), forget=False),
+            'world_facts/accuracy': metrics.multiple_choice_accuracy(
+                m, tok, setup.world)}
+        out.update(utility)
+        out['model_utility'] = metrics.model_utility(utility.values())
+        r = setup.tokens['retain']
+        out['retain/perplexity'] = metrics.perplexity(m, r['input_ids'],
+                                                      r['attention_mask'])
+        out['mia/AUC'] = metrics.mia_auc(m, f, h, 'min_k')
+    return out, {'ratios': ratios, 'answers': answers}
+
+
+def relearn(setup, role, steps, lr=None):
+    """The relearning probe: fine-tune a copy of `role` for `steps`
+    updates on the texts of the first half of the forget people, then
+    measure Extraction Strength and MA on the other half, which it did not
+    see again (their answers). Returns {'before': .., 'after': ..} for
+    each."""
+    roles, p = setup.roles, setup.roles.profile
+    half = len(setup.people['forget']) // 2 or 1
+    seen = [t for r in setup.people['forget'][:half]
+            for t in person_texts(r)]
+    rest = [q for r in setup.people['forget'][half:] for q in r['qa']]
+    probe = qa_batch(setup.tokenizer, [q['question'] for q in rest],
+                     [q['answer'] for q in rest])
+    answer = (probe['input_ids'], probe['attention_mask'],
+              probe['target_mask'])
+
+    def numbers(m):
+        return {'ES': metrics.extraction_strength(m, *answer).mean().item(),
+                'MA': metrics.memorization_accuracy(
+                    m, *answer).mean().item()}
+
+    model = roles.copy(role, 'relearn')
+    out = {'before': numbers(model)}
+    config = TrainConfig(lr=lr or adapter_lr(p), optimizer='adamw',
+                         betas=(0.9, 0.999), steps=steps, eval_every=0,
+                         desc='relearning', progress=False)
+    gen = torch.Generator().manual_seed(0)
+    train(model, token_nll, data.bucketed_batches(
+        data.tokenize(setup.tokenizer, seen), p.batch_size, gen), config)
+    out['after'] = numbers(model)
+    roles.drop('relearn')
+    return out
+
+
+def compare(setup, budget, callbacks=(), progress=True):
+    """Measure the original and the oracle, run every method of the
+    budget, measure and probe each; returns the rows of the table
+    (role -> numbers) and each run's TrainResult."""
+    rows, runs = {}, {}
+    for role in ('original', 'retrained'):
+        rows[role], setup.results[role] = measure(setup, role)
+    for method in budget.methods:
+        t0 = time.perf_counter()
+        cbs = [partial(cb, method) for cb in callbacks]
+        runs[method] = unlearn(setup, method, budget, cbs, progress)
+        seconds = time.perf_counter() - t0
+        rows[method], setup.results[method] = measure(setup, method)
+        rows[method].update(steps=runs[method].steps,
+                            status=runs[method].status, seconds=seconds)
+    oracle = setup.results['retrained']['ratios']
+    for role, row in rows.items():
+        row['forget_quality'] = metrics.forget_quality(
+            setup.results[role]['ratios'], oracle)
+        row['privleak'] = metrics.privleak(row['mia/AUC'],
+                                           rows['retrained']['mia/AUC'])
+    if budget.relearn_steps:
+        for role in ('retrained', *budget.methods):
+            probe = relearn(setup, role, budget.relearn_steps)
+            rows[role]['relearn/ES_before'] = probe['before']['ES']
+            rows[role]['relearn/ES_after'] = probe['after']['ES']
+            rows[role]['relearn/MA_after'] = probe['after']['MA']
+    return rows, runs
+
+
+def tagged(callback, method, event):
+    """A training event renamed for a figure of all methods at once:
+    `forget/MA` becomes `<method> forget MA`."""
+    out = {'step': event['step'], 'kind': event['kind']}
+    for key, name in (('forget/MA', 'forget MA'),
+                      ('retain/perplexity', 'retain perplexity')):
+        if key in event:
+            out[f'{method} {name}'] = event[key]
+    callback(out)
+
