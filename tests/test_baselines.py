@@ -75,6 +75,20 @@ def test_npo_weight_fades_once_the_sequence_is_unlikely(tiny):
     assert r.grad[0] < 1e-8 < r.grad[1] < r.grad[2]
 
 
+def test_npo_takes_a_given_reference():
+    """Roles hold the original as another adapter, not as the disabled
+    one: a given reference replaces the model's own."""
+    model = tiny_llama()
+    keep_reference(model)
+    f, r = _data(seed=1), _data(seed=2)
+    far = npo.reference_logprobs(model, f) - 30.0  # far less likely
+    config = npo.Config(lr=1e-6, steps=1, micro_batch=4, retain_weight=0.0)
+    res = npo.unlearn(model, f, config, retain_tokens=r, progress=False,
+                      reference_logprob=far)
+    step = [e for e in res.events if e['kind'] == 'step'][0]
+    assert step['log_ratio'] == pytest.approx(30.0, abs=1e-3)
+
+
 @pytest.mark.parametrize('method', [graddiff, npo])
 def test_baselines_lower_the_forget_likelihood(method):
     model = tiny_llama()

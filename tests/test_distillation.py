@@ -150,3 +150,35 @@ def metrics_batch(roles, texts):
     enc = roles.tokenizer(texts, return_tensors='pt')
     return {'input_ids': enc['input_ids'],
             'attention_mask': enc['attention_mask']}
+
+
+class _TableRoles:
+    """Teachers as fixed tables: log q_k(. | x) depends on the last token
+    only; like `Roles.logprobs`, a batch is cut to its used width."""
+
+    def __init__(self, teachers, vocab):
+        self.tables = {f't{k}': _logp(vocab, vocab, seed=k)
+                       for k in range(teachers)}
+
+    def logprobs(self, name, batch):
+        from workbench.data import used_width
+        w = used_width(batch['attention_mask'])
+        ids, am = batch['input_ids'][:, :w], batch['attention_mask'][:, :w]
+        return self.tables[name][ids[:, :-1]], (am[:, 1:] & am[:, :-1]).bool()
+
+
+def test_soft_labels_in_chunks_equal_the_whole_ensemble():
+    roles, vocab = _TableRoles(3, 7), 7
+    ids = torch.randint(vocab, (5, 6), generator=torch.Generator()
+                        .manual_seed(0))
+    am = torch.ones_like(ids)
+    am[:3, 3:] = 0  # the first chunk of 3 rows is narrower than the batch
+    forget = {'input_ids': ids, 'attention_mask': am}
+    parts = [0, 1, 2, 1, 0]
+    whole = loo.ensemble_logprobs(torch.stack([
+        roles.logprobs(t, forget)[0] for t in roles.tables]), parts)
+    chunked = loo.soft_labels(roles, list(roles.tables), forget, parts,
+                              'leave-one-out', rows=3)
+    mask = (am[:, 1:] & am[:, :-1]).bool()
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked[mask], whole[mask], atol=1e-6)
