@@ -91,15 +91,15 @@ def kga_loss(model, batch):
                   'retain_kl': l_r.item()}
 
 
-def prepare(roles, a_d, a_f, a_n, forget, retain, new):
-    """Everything frozen, computed once: A_f's distributions on the forget
-    texts, A_D's on the retained texts, and the new-data gap
-    KL(A_n || A_D) averaged over all of D_n."""
+def prepare(roles, a_d, a_f, a_n, forget, new):
+    """What is frozen and used at every update, computed once: A_f's
+    distributions on the forget texts, and the new-data gap KL(A_n || A_D)
+    averaged over all of D_n. (A_D's distributions on the retained texts
+    are computed for each minibatch as it comes: for the whole retain set
+    at once they would take more memory than the model.)"""
     gap = mean_kl(roles, a_n, a_d, new)
     f_t, _ = roles.logprobs(a_f, forget)
-    r_t, _ = roles.logprobs(a_d, retain)
-    return ({**forget, 'target_logprobs': f_t},
-            {**retain, 'target_logprobs': r_t}, gap)
+    return {**forget, 'target_logprobs': f_t}, gap
 
 
 def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
@@ -114,8 +114,7 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
     retained texts. The run stops early (as the paper's `stop_value`) when
     `evaluate` reports `kga/alignment` at or below `config.stop_value`.
     """
-    forget_t, retain_t, gap = prepare(roles, a_d, a_f, a_n, forget, retain,
-                                      new)
+    forget_t, gap = prepare(roles, a_d, a_f, a_n, forget, new)
     model = roles.copy(a_d, name)
     gen = torch.Generator().manual_seed(config.seed)
     n = retain['input_ids'].shape[0]
@@ -124,9 +123,10 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
         while True:
             for idx in torch.randperm(n, generator=gen).split(
                     config.batch_size):
+                batch = {k: v[idx] for k, v in retain.items()}
+                batch['target_logprobs'], _ = roles.logprobs(a_d, batch)
                 yield {'forget': forget_t, 'gap': gap,
-                       'alpha': config.retain_weight,
-                       'retain': {k: v[idx] for k, v in retain_t.items()}}
+                       'alpha': config.retain_weight, 'retain': batch}
 
     def measured(m):
         with torch.no_grad():
