@@ -3,16 +3,29 @@ a GPU.
 
 A randomly initialised model of Mistral-7B's architecture (no download):
 LoRA on every linear layer, bf16, gradient checkpointing, the workbench's
-training loop, and one of:
+training loop, and each method's own loss on random token batches of the
+shapes it trains on (`--batch` sequences of `--tokens` tokens per part):
 - `kl`: gradient ascent plus a KL term to the frozen original through the
   reference (the adapter disabled: no second copy of the weights);
 - `ga`: `workbench.methods.ga` as Jang et al. run it (full-batch steps);
 - `seul`: `workbench.methods.seul`, spans selected by the current model at
-  every step.
+  every step;
+- `graddiff`, `npo`: the forget batch and as many retain rows per step
+  (NPO's reference log-probabilities computed once);
+- `loo`: distillation towards fixed soft labels (computed once by a frozen
+  model; the teachers are adapters on the same base, so the reference
+  stands in for them);
+- `kga`: the alignment on the forget batch plus the retain KL, A_D's
+  distributions computed for each retain minibatch;
+- `llmu`: forget pairs, K = 2 random-answer copies and normal pairs with
+  the original's distributions, per step;
+- `whp`: cross-entropy on generic labels (half the positions labelled).
 
     python bench/gpu_7b.py --method ga --steps 5 --batch 8 --tokens 256
+    python bench/gpu_7b.py --method all --out bench/gpu_7b.json
 
-Prints peak GPU memory, tokens per second and model FLOP utilisation. On a
+Prints peak GPU memory, tokens per second and model FLOP utilisation (6N
+FLOPs per trained token, 2N per token of a frozen model's forward). On a
 machine without a suitable GPU it refuses with one line, before loading.
 """
 import argparse
@@ -26,6 +39,7 @@ from workbench import WorkbenchError, models
 from workbench.profiles import get_profile
 from workbench.train import TrainConfig, train
 
+DEVICE = 'cuda'  # the tests run the method runners on 'cpu'
 PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}  # dense bf16
 
 
@@ -41,13 +55,135 @@ def build(profile):
     return models.add_lora(model, profile.lora_r)
 
 
+METHODS = ['kl', 'ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu',
+           'whp']
+
+
+def random_batch(vocab, rows, tokens, answer_from=None):
+    """Random token ids; with `answer_from`, a target mask over the
+    positions from there on (the answer of a Q&A pair)."""
+    ids = torch.randint(0, vocab, (rows, tokens), device=DEVICE)
+    b = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    if answer_from is not None:
+        b['target_mask'] = (torch.arange(tokens, device=DEVICE)
+                            >= answer_from).long().expand(rows, -1)
+    return b
+
+
+@torch.no_grad()
+def frozen_logprobs(model, b):
+    """A frozen model's log-distributions on a batch (the reference)."""
+    from workbench.roles import vocab_logprobs
+    with models.reference(model) as ref:
+        return vocab_logprobs(ref, b)[0]
+
+
+def method_runner(method, model, args):
+    """run(steps) -> TrainResult for `method`, with the tokens trained on
+    and the tokens read by a frozen model at each step."""
+    from workbench.methods import (ga, graddiff, kga, llmu, loo, npo, seul,
+                                   whp)
+    V, B, T = model.config.vocab_size, args.batch, args.tokens
+    forget = random_batch(V, B, T)
+    retain = random_batch(V, B, T)
+    lr = 1e-5
+
+    def loop(loss, batches, steps):
+        return train(model, loss, batches, TrainConfig(
+            lr=lr, steps=steps, progress=False))
+
+    def repeat(make):
+        while True:
+            yield make()
+
+    if method == 'kl':
+        def loss(m, b):
+            """Gradient ascent plus a KL to the reference (as KGA and Yao
+            et al. add), from one forward pass of each model."""
+            ref_logp = frozen_logprobs(m, b)
+            logp = torch.log_softmax(m(**b).logits[:, :-1].float(), -1)
+            nll = -logp.gather(-1, b['input_ids'][:, 1:, None]).mean()
+            kl = torch.nn.functional.kl_div(logp, ref_logp, log_target=True,
+                                            reduction='batchmean')
+            return -nll + kl, {'nll': nll.item(), 'kl': kl.item()}
+        return (lambda s: loop(loss, repeat(lambda: forget), s)), B * T, B * T
+    if method == 'ga':
+        return (lambda s: ga.unlearn(model, forget, ga.GAConfig(
+            lr=lr, steps=s, micro_batch=B), progress=False)), B * T, 0
+    if method == 'seul':
+        return (lambda s: seul.unlearn(model, forget, seul.SeULConfig(
+            lr=lr, steps=s, selector='current', micro_batch=B),
+            progress=False)), B * T, 0
+    if method in ('graddiff', 'npo'):
+        module = graddiff if method == 'graddiff' else npo
+        return (lambda s: module.unlearn(model, forget, module.Config(
+            lr=lr, steps=s, micro_batch=B), retain_tokens=retain,
+            progress=False)), 2 * B * T, 0
+    if method == 'loo':
+        fixed = {**forget, 'target_logprobs': frozen_logprobs(model, forget)}
+        return (lambda s: loop(loo.loo_loss, repeat(lambda: fixed), s)), \
+            B * T, 0
+    if method == 'kga':
+        f_t = {**forget, 'target_logprobs': frozen_logprobs(model, forget)}
+
+        def kga_batch():
+            r = random_batch(V, B, T)
+            r['target_logprobs'] = frozen_logprobs(model, r)
+            return {'forget': f_t, 'retain': r, 'gap': 0.1, 'alpha': 0.3}
+        return (lambda s: loop(kga.kga_loss, repeat(kga_batch), s)), \
+            2 * B * T, B * T
+    if method == 'llmu':
+        def llmu_batch():
+            normal = random_batch(V, B, T, T // 2)
+            normal['reference_logprobs'] = frozen_logprobs(model, normal)
+            return {'forget': random_batch(V, B, T, T // 2),
+                    'random': random_batch(V, 2 * B, T, T // 2),
+                    'normal': normal,
+                    'weights': {'bad': 0.5, 'random': 1.0, 'normal': 1.0}}
+        return (lambda s: loop(llmu.llmu_loss, repeat(llmu_batch), s)), \
+            4 * B * T, B * T
+    if method == 'whp':
+        labels = forget['input_ids'].clone()
+        labels[:, ::2] = -100
+        labelled = {**forget, 'labels': labels}
+        return (lambda s: loop(whp.whp_loss, repeat(lambda: labelled), s)), \
+            B * T, 0
+    raise ValueError(method)
+
+
+def measure(method, model, args, n_params, n_train):
+    """Warm up, then time `args.steps` steps; return the report."""
+    run, trained, frozen = method_runner(method, model, args)
+    run(1)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = run(args.steps)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    # per trained token: forward 2N, recomputation under checkpointing 2N,
+    # backward 2N (activation gradients only: the frozen weights need
+    # none); per token a frozen model reads: its forward, 2N
+    flops = (6 * trained + 2 * frozen) * n_params * args.steps
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return {
+        'device': name, 'method': method, 'status': result.status,
+        'params': n_params, 'trainable': n_train,
+        'batch': args.batch, 'tokens_per_sequence': args.tokens,
+        'peak_gpu_gb': torch.cuda.max_memory_allocated() / 2**30,
+        'trained_tokens_per_s': trained * args.steps / seconds,
+        'step_s': seconds / args.steps,
+        'mfu': flops / seconds / 1e12 / peak if peak else None,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--tokens', type=int, default=256)
-    parser.add_argument('--method', default='kl',
-                        choices=['kl', 'ga', 'seul'])
+    parser.add_argument('--method', default='kl', choices=METHODS + ['all'])
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     profile = get_profile('7b')
@@ -59,64 +195,14 @@ def main():
     model = build(profile)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ids = torch.randint(0, model.config.vocab_size,
-                        (args.batch, args.tokens), device='cuda')
-    batch = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
-
-    def loss(m, b):
-        """Gradient ascent plus a KL to the reference (as KGA and Yao et
-        al. add), from one forward pass of each model."""
-        with torch.no_grad(), models.reference(m) as ref:
-            ref_logp = torch.log_softmax(ref(**b).logits[:, :-1].float(), -1)
-        logp = torch.log_softmax(m(**b).logits[:, :-1].float(), -1)
-        nll = -logp.gather(-1, b['input_ids'][:, 1:, None]).mean()
-        kl = torch.nn.functional.kl_div(logp, ref_logp, log_target=True,
-                                        reduction='batchmean')
-        return -nll + kl, {'nll': nll.item(), 'kl': kl.item()}
-
-    def forever():
-        while True:
-            yield batch
-
-    def run(steps):
-        if args.method == 'kl':
-            cfg = TrainConfig(lr=1e-5, steps=steps, progress=False)
-            return train(model, loss, forever(), cfg)
-        from workbench.methods import ga, seul
-        if args.method == 'ga':
-            return ga.unlearn(model, batch, ga.GAConfig(
-                lr=1e-5, steps=steps, micro_batch=args.batch),
-                progress=False)
-        return seul.unlearn(model, batch, seul.SeULConfig(
-            lr=1e-5, steps=steps, selector='current',
-            micro_batch=args.batch), progress=False)
-
-    run(1)  # warm-up
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = run(args.steps)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    tokens = args.steps * args.batch * args.tokens
-    # per token: forward 2N, recomputation under checkpointing 2N,
-    # backward 2N (activation gradients only: the frozen weights need
-    # none), and for `kl` the reference's forward 2N
-    flops = (8 if args.method == 'kl' else 6) * n_params * tokens
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    report = {
-        'device': name, 'method': args.method, 'status': result.status,
-        'params': n_params, 'trainable': n_train,
-        'batch': args.batch, 'tokens_per_sequence': args.tokens,
-        'peak_gpu_gb': torch.cuda.max_memory_allocated() / 2**30,
-        'tokens_per_s': tokens / seconds, 'step_s': seconds / args.steps,
-        'mfu': flops / seconds / 1e12 / peak if peak else None,
-    }
-    print(json.dumps(report, indent=1))
+    reports = []
+    for method in (METHODS if args.method == 'all' else [args.method]):
+        reports.append(measure(method, model, args, n_params, n_train))
+        print(json.dumps(reports[-1], indent=1), flush=True)
+        torch.cuda.empty_cache()
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(report, f, indent=1)
+            json.dump(reports, f, indent=1)
     return 0
 
 
