@@ -7,8 +7,9 @@ On data a model never saw (D_n), the original model A_D differs from a
 model trained on that data (A_n) by some gap. KGA trains A* (initialised
 as A_D) so that on the forget set its gap to a model trained on D_f (A_f)
 is that same gap: D_f then looks unseen to A*. A distillation term keeps A*
-close to A_D on the retained data. A_D, A_f and A_n are frozen, so their
-distributions are computed once, before the first step.
+close to A_D on the retained data. A_D, A_f and A_n are frozen: the
+new-data gap and A_f's distributions on D_f are computed once, before the
+first step, and A_D's on each retained minibatch as it comes.
 
 One KL direction for both gaps, KL(model that trained on the data ||
 model that did not), as the paper's generation code; padded positions are
