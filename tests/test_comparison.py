@@ -1,6 +1,5 @@
 """Notebook 08 headless on the smoke profile, and the comparison's parts."""
 import pytest
-import torch
 
 from workbench import WorkbenchError, compare, data
 

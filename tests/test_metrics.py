@@ -162,3 +162,11 @@ def test_answer_probability_and_generation(smol_tokenizer):
     assert p[0] > 10 * p[1]
     answers = metrics.generate_answers(model, smol_tokenizer, ['Q?'], 4)
     assert answers == ['6666']
+
+
+def test_extraction_strength_reuses_given_stats(successor):
+    ids = torch.tensor([[0, 1, 2, 9, 4, 5]])  # a miss at 9, hits after
+    stats = metrics.token_stats(successor, ids)
+    es = metrics.extraction_strength(successor, ids, stats=stats)
+    assert torch.equal(es, metrics.extraction_strength(successor, ids))
+    assert 0 < es.item() < 1

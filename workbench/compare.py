@@ -29,8 +29,7 @@ from . import WorkbenchError, data, metrics
 from .methods import ga, graddiff, kga, llmu, loo, npo, seul, whp
 from .metrics.qa import generate_answers, qa_batch
 from .profiles import get_profile
-from .roles import Roles, adapter_lr
-from .train import TrainConfig, token_nll, train
+from .roles import Roles
 
 METHODS = ('ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu', 'whp')
 LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
@@ -280,6 +279,18 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
                          f'{", ".join(METHODS)}')
 
 
+def answer_metrics(model, batch):
+    """Mean Extraction Strength and MA of the answers of a `qa_batch`,
+    from one forward pass."""
+    stats = metrics.token_stats(model, batch['input_ids'],
+                                batch['attention_mask'])
+    args = (model, batch['input_ids'], batch['attention_mask'],
+            batch['target_mask'])
+    es = metrics.extraction_strength(*args, stats=stats)
+    ma = metrics.memorization_accuracy(*args, stats=stats)
+    return {'ES': es.mean().item(), 'MA': ma.mean().item()}
+
+
 def measure(setup, role):
     """OpenUnlearning-comparable numbers of role `role` (None: the base
     model, which never saw any of the people), and the forget truth
@@ -289,11 +300,7 @@ def measure(setup, role):
     fqa, rqa = setup.qa['forget'], setup.qa['retain'][:n]
     out = {}
     with setup.roles.active(role) as m:
-        answer = (f['input_ids'], f['attention_mask'], f['target_mask'])
-        out['forget/ES'] = metrics.extraction_strength(
-            m, *answer).mean().item()
-        out['forget/MA'] = metrics.memorization_accuracy(
-            m, *answer).mean().item()
+        out.update({f'forget/{k}': v for k, v in answer_metrics(m, f).items()})
         ratios = metrics.truth_ratios(m, tok, fqa)
         out['forget/truth_ratio'] = metrics.truth_ratio(ratios, forget=True)
         answers = generate_answers(m, tok, [q['question'] for q in fqa],
@@ -326,30 +333,17 @@ def relearn(setup, role, steps, lr=None):
     measure Extraction Strength and MA on the other half, which it did not
     see again (their answers). Returns {'before': .., 'after': ..} for
     each."""
-    roles, p = setup.roles, setup.roles.profile
+    roles = setup.roles
     half = len(setup.people['forget']) // 2 or 1
     seen = [t for r in setup.people['forget'][:half]
             for t in person_texts(r)]
     rest = [q for r in setup.people['forget'][half:] for q in r['qa']]
     probe = qa_batch(setup.tokenizer, [q['question'] for q in rest],
                      [q['answer'] for q in rest])
-    answer = (probe['input_ids'], probe['attention_mask'],
-              probe['target_mask'])
-
-    def numbers(m):
-        return {'ES': metrics.extraction_strength(m, *answer).mean().item(),
-                'MA': metrics.memorization_accuracy(
-                    m, *answer).mean().item()}
-
-    model = roles.copy(role, 'relearn')
-    out = {'before': numbers(model)}
-    config = TrainConfig(lr=lr or adapter_lr(p), optimizer='adamw',
-                         betas=(0.9, 0.999), steps=steps, eval_every=0,
-                         desc='relearning', progress=False)
-    gen = torch.Generator().manual_seed(0)
-    train(model, token_nll, data.bucketed_batches(
-        data.tokenize(setup.tokenizer, seen), p.batch_size, gen), config)
-    out['after'] = numbers(model)
+    with roles.active(role) as m:
+        out = {'before': answer_metrics(m, probe)}
+    model = roles.finetune(role, 'relearn', seen, steps, lr)
+    out['after'] = answer_metrics(model, probe)
     roles.drop('relearn')
     return out
 

@@ -229,6 +229,25 @@ class Roles:
         self.info[name] = dict(info, cached=False)
         return self.info[name]
 
+    def finetune(self, src, name, texts, steps, lr=None, seed=0):
+        """A few plain fine-tuning updates (AdamW) of a copy of role `src`
+        (None: a fresh adapter, the bare base model) on `texts`, as role
+        `name`, not cached: the relearning probes. Returns the model."""
+        if src is None:
+            if name in self.names:
+                self.drop(name)
+            model = self.add(name)
+        else:
+            model = self.copy(src, name)
+        p = self.profile
+        config = TrainConfig(lr=lr or adapter_lr(p), optimizer='adamw',
+                             betas=(0.9, 0.999), steps=steps, eval_every=0,
+                             seed=seed, desc='relearning', progress=False)
+        gen = torch.Generator().manual_seed(seed)
+        train(model, token_nll, bucketed_batches(
+            tokenize(self.tokenizer, texts), p.batch_size, gen), config)
+        return model
+
     @torch.no_grad()
     def logprobs(self, name, batch, rows=4):
         """log p(. | x_<t) of role `name` at every position of a batch,

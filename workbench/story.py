@@ -24,7 +24,7 @@ from .metrics.extraction import greedy_continue
 from .methods import whp
 from .paths import DATA_DIR
 from .profiles import get_profile
-from .roles import Roles, adapter_lr
+from .roles import Roles
 
 # per profile: chapters used, epochs of the baseline and of the
 # reinforcement, tokens generated per familiarity prompt
@@ -231,26 +231,13 @@ def relearn(setup, role, steps=5, lr=None, name='relearn'):
     base model, which never read the story) for `steps` updates on the
     first half of the chapters, then measure familiarity on prompts about
     the other half. Returns (familiarity before, after)."""
-    from .data import bucketed_batches, tokenize
-    from .train import TrainConfig, token_nll, train
     half = setup.sizes['chapters'] // 2
     first = [p['text'] for p in setup.paragraphs if p['chapter'] <= half]
     later = [p for p in setup.prompts if p['chapter'] > half]
     roles = setup.roles
-    if role is None:
-        if name in roles.names:
-            roles.drop(name)
-        model = roles.add(name)
-    else:
-        model = roles.copy(role, name)
-    before = familiarity(setup, model, later)[0]
-    p = roles.profile
-    config = TrainConfig(lr=lr or adapter_lr(p), optimizer='adamw',
-                         betas=(0.9, 0.999), steps=steps, eval_every=0,
-                         desc='relearning', progress=False)
-    gen = torch.Generator().manual_seed(0)
-    train(model, token_nll, bucketed_batches(
-        tokenize(roles.tokenizer, first), p.batch_size, gen), config)
+    with roles.active(role) as m:
+        before = familiarity(setup, m, later)[0]
+    model = roles.finetune(role, name, first, steps, lr)
     after = familiarity(setup, model, later)[0]
     roles.drop(name)
     return before, after

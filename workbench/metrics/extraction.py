@@ -170,13 +170,14 @@ def exact_memorization(model, input_ids, attention_mask=None,
 
 
 def extraction_strength(model, input_ids, attention_mask=None,
-                        target_mask=None):
+                        target_mask=None, stats=None):
     """Extraction Strength (OpenUnlearning), (B,).
 
     ES = 1 - k/L, with k the smallest offset such that the teacher-forced
     argmax predictions of every target token from k on are all correct.
+    `stats` from `token_stats` saves the forward pass (as for MA).
     """
-    s = token_stats(model, input_ids, attention_mask)
+    s = stats or token_stats(model, input_ids, attention_mask)
     m = s['mask']
     if target_mask is not None:
         m = m & target_mask[:, 1:].bool()
