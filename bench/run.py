@@ -78,7 +78,7 @@ def el_speedup(model, tok, texts, max_tokens=48):
     pad = tok.pad_token_id
     t = time.perf_counter()
     fast = metrics.extraction_likelihood(model, enc['input_ids'], 10, 1,
-                                         enc['attention_mask'], pad)
+                                         enc['attention_mask'])
     fast_s = time.perf_counter() - t
     t = time.perf_counter()
     naive = metrics.extraction_likelihood_naive(model, enc['input_ids'], 10,

@@ -41,6 +41,28 @@ def test_s_ma_and_s_el_by_hand(successor):
                                            n=2).item() == 0.0
 
 
+def test_s_el_equals_one_generation_per_span(tiny):
+    # a real attention model, padding, spans where the argmax hits and not
+    from workbench.metrics import greedy_continue, overlap
+    torch.manual_seed(2)
+    ids = torch.randint(1, 64, (3, 20))
+    am = torch.ones_like(ids)
+    am[1, 14:] = 0
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 3:6] = mask[:, 9:13] = True
+    mask[0, 15:19] = True
+    got = selective_extraction_likelihood(tiny, ids, am, mask, n=2)
+    want = []
+    for b in range(3):
+        real = int(am[b].sum())
+        scores = [overlap(greedy_continue(tiny, [ids[b, :s].tolist()],
+                                          [e - s])[0],
+                          ids[b, s:e].tolist(), 2)
+                  for s, e in runs(mask[b, :real]) if e - s >= 2]
+        want.append(sum(scores) / len(scores))
+    assert got.tolist() == want
+
+
 def test_char_precision_recall():
     p, r = char_precision_recall([[0, 5]], [[0, 5], [10, 15]], 20)
     assert (p, r) == (1.0, 0.5)

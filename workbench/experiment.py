@@ -42,7 +42,7 @@ def _thresholds(model, tokens, profile, entry):
     if key not in known:
         known[key] = metrics.forgetting_thresholds(
             model, tokens['input_ids'], tokens['attention_mask'],
-            profile.el_n, profile.el_stride, model.config.pad_token_id or 0)
+            profile.el_n, profile.el_stride)
         path.write_text(json.dumps(known))
     return known[key]
 
@@ -65,8 +65,7 @@ def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True):
     else:
         thresholds = metrics.forgetting_thresholds(
             model, tokens['unseen']['input_ids'],
-            tokens['unseen']['attention_mask'], p.el_n, p.el_stride,
-            tok.pad_token_id)
+            tokens['unseen']['attention_mask'], p.el_n, p.el_stride)
     return Setup(p, model, tok, rows, tokens, data.world_facts(p.n_world),
                  thresholds, info)
 
@@ -111,9 +110,11 @@ def quick_metrics(setup, model, forget=None, world=0, el=True, retain=True,
     it in sequential unlearning.
     """
     f = forget or setup.tokens['forget']
+    # one teacher-forced pass for MA and, below, EL's argmax hits
+    forget_stats = forget_stats or metrics.token_stats(
+        model, f['input_ids'], f['attention_mask'])
     out = {'forget/MA': metrics.memorization_accuracy(
-        model, f['input_ids'], f['attention_mask'],
-        stats=forget_stats).mean().item()}
+        model, f['input_ids'], stats=forget_stats).mean().item()}
     if retain and 'retain' in setup.tokens:
         r = setup.tokens['retain']
         stats = metrics.token_stats(model, r['input_ids'],
@@ -126,16 +127,18 @@ def quick_metrics(setup, model, forget=None, world=0, el=True, retain=True,
         out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
             model, setup.tokenizer, setup.world[:world])
     if el and out['forget/MA'] <= setup.thresholds['MA']:
-        out[f'forget/{setup.el_key}'] = forget_el(setup, model, f)
+        out[f'forget/{setup.el_key}'] = forget_el(setup, model, f,
+                                                  forget_stats)
     return out
 
 
-def forget_el(setup, model, forget=None):
-    """Mean EL_n of the forget set (or of `forget`)."""
+def forget_el(setup, model, forget=None, stats=None):
+    """Mean EL_n of the forget set (or of `forget`); `stats`: its
+    `token_stats` under `model`, if already computed."""
     p, f = setup.profile, forget or setup.tokens['forget']
     return metrics.extraction_likelihood(
         model, f['input_ids'], p.el_n, p.el_stride, f['attention_mask'],
-        setup.tokenizer.pad_token_id).mean().item()
+        stats=stats).mean().item()
 
 
 def measure(setup, model, known=None):
@@ -236,14 +239,15 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
 def span_metrics(setup, model, tokens, mask, n=2, stats=None):
     """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
     (before unlearning, on unseen texts: the span thresholds)."""
-    pad = setup.tokenizer.pad_token_id
+    stats = stats or metrics.token_stats(model, tokens['input_ids'],
+                                         tokens['attention_mask'])
     return {
         'S-MA': metrics.selective_memorization_accuracy(
             model, tokens['input_ids'], tokens['attention_mask'], mask,
             stats=stats).mean().item(),
         f'S-EL_{n}': metrics.selective_extraction_likelihood(
             model, tokens['input_ids'], tokens['attention_mask'], mask, n,
-            pad).mean().item()}
+            stats).mean().item()}
 
 
 def span_quick_metrics(setup, model, mask, n=2, world=0):

@@ -6,9 +6,14 @@ Two facts make it fast and still exact:
 - greedy decoding is deterministic, so where the teacher-forced argmax at t
   equals x_t, the continuation from x_<t is x_t followed by the continuation
   from x_<t+1; only positions where the argmax misses need a generation;
-- those generations are batched, with the KV cache, and decoded plain greedy
+- those generations start from prefixes of sequences whose keys and values
+  one forward pass has already computed: each continues from its row's KV
+  cache with the positions from its prefix length on masked out, so no
+  prefix is ever encoded twice; they are batched and decoded plain greedy
   for a fixed length (no EOS stop, no EOS masking).
 """
+import copy
+
 import torch
 
 from .likelihood import _device, token_stats
@@ -76,6 +81,76 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
     return out
 
 
+@torch.no_grad()
+def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
+                  max_tokens=8192):
+    """Greedy continuations of prefixes of the given rows, (jobs,) lists.
+
+    A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1). The
+    rows' keys and values come from one forward pass; each job copies its
+    row's cache, masks the positions m-1 onwards, feeds x_{m-1} at position
+    m-1 (its output is the first token) and decodes greedily. Keys and
+    values before m depend on x_<m only, so this is the continuation of
+    x_<m, without encoding the prefix again for every job. Jobs leave the
+    batch as they finish; a batch holds at most `batch_size` jobs and about
+    `max_tokens` cached positions (the cache is the memory that grows).
+    """
+    device = _device(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    out = [None] * len(jobs)
+    rows = sorted({b for b, _, _ in jobs})
+    per_pass = max(1, max_tokens // max(1, input_ids.shape[1]))
+    for g in range(0, len(rows), per_pass):
+        group = rows[g:g + per_pass]
+        where = {b: i for i, b in enumerate(group)}
+        width = int(attention_mask[group].sum(1).max())
+        ids = input_ids[group, :width].to(device)
+        am = attention_mask[group, :width].to(device)
+        cache = model(input_ids=ids, attention_mask=am, use_cache=True,
+                      logits_to_keep=1).past_key_values
+        mine = sorted((j for j, (b, _, _) in enumerate(jobs) if b in where),
+                      key=lambda j: -jobs[j][2])
+        longest = max((jobs[j][2] for j in mine), default=0)
+        size = max(1, min(batch_size, max_tokens // (width + longest)))
+        for c in range(0, len(mine), size):
+            chunk = mine[c:c + size]
+            idx = torch.tensor([where[jobs[j][0]] for j in chunk],
+                               device=device)
+            m = torch.tensor([jobs[j][1] for j in chunk], device=device)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)  # one copy per job: each
+                past.reorder_cache(idx)  # appends its own tokens
+            mask = (torch.arange(width, device=device)[None]
+                    < (m - 1)[:, None]).long()
+            token = ids[idx, m - 1]
+            pos = (m - 1)[:, None]
+            left = torch.tensor([jobs[j][2] for j in chunk], device=device)
+            live = list(chunk)  # jobs still decoding, longest first
+            tokens = {j: [] for j in chunk}
+            while live:
+                mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
+                res = model(input_ids=token[:, None], attention_mask=mask,
+                            position_ids=pos, past_key_values=past,
+                            use_cache=True)
+                past = res.past_key_values
+                token = res.logits[:, -1].argmax(-1)
+                for k, t in enumerate(token.tolist()):
+                    tokens[live[k]].append(t)
+                pos, left = pos + 1, left - 1
+                keep = (left > 0).nonzero()[:, 0]
+                if len(keep) < len(live):  # finished jobs leave the batch
+                    live = [live[k] for k in keep.tolist()]
+                    mask, pos, left = mask[keep], pos[keep], left[keep]
+                    token = token[keep]
+                    if past is not None and live:
+                        past.batch_select_indices(keep)
+            for j in chunk:
+                out[j] = tokens[j]
+    return out
+
+
 def ngrams(tokens, n):
     """The list of n-grams (tuples) of a token list."""
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -113,16 +188,17 @@ def _el(rows, continuations, n, stride):
 
 
 def extraction_likelihood(model, input_ids, n=10, stride=1,
-                          attention_mask=None, pad_id=0, batch_size=32):
+                          attention_mask=None, batch_size=64, stats=None):
     """EL_n per sequence (Jang et al. 2023), (B,).
 
     EL_n(x) = sum_{t=1}^{T-n} OVERLAP_n(f(x_<t), x_>=t) / (T-n), with f the
     greedy continuation of length T-t. `stride=1` is the paper's exact
     EL_n; a larger stride averages over every stride-th prefix only, a
-    documented approximation.
+    documented approximation. `stats` from `token_stats` (the same model
+    and tokens) saves the teacher-forced pass.
     """
     rows = _rows(input_ids, attention_mask)
-    hits = token_stats(model, input_ids, attention_mask)['hit']
+    hits = (stats or token_stats(model, input_ids, attention_mask))['hit']
     # first_miss[b][t]: the first position m >= t where the argmax misses
     jobs, first_miss = {}, []
     for b, x in enumerate(rows):
@@ -137,9 +213,9 @@ def extraction_likelihood(model, input_ids, n=10, stride=1,
             if fm[t] < T:
                 jobs[(b, fm[t])] = None
     keys = list(jobs)
-    gens = greedy_continue(model, [rows[b][:m] for b, m in keys],
-                           [len(rows[b]) - m for b, m in keys], pad_id,
-                           batch_size)
+    gens = continue_rows(model, input_ids, attention_mask,
+                         [(b, m, len(rows[b]) - m) for b, m in keys],
+                         batch_size)
     jobs = dict(zip(keys, gens))
 
     def continuation(b, t):
@@ -197,13 +273,12 @@ def extraction_strength(model, input_ids, attention_mask=None,
 
 
 def forgetting_thresholds(model, input_ids, attention_mask=None, n=10,
-                          stride=1, pad_id=0):
+                          stride=1):
     """Jang et al.'s forgetting thresholds: mean EL_n and MA on unseen data.
 
     A forget set counts as forgotten once its mean EL_n and mean MA are
     both below these.
     """
-    el = extraction_likelihood(model, input_ids, n, stride, attention_mask,
-                               pad_id)
+    el = extraction_likelihood(model, input_ids, n, stride, attention_mask)
     ma = memorization_accuracy(model, input_ids, attention_mask)
     return {f'EL_{n}': el.mean().item(), 'MA': ma.mean().item()}

@@ -8,7 +8,8 @@ token (" May" for "May 24, 1960") includes that token.
 """
 import torch
 
-from .extraction import greedy_continue, memorization_accuracy, overlap
+from .extraction import continue_rows, memorization_accuracy, overlap
+from .likelihood import token_stats
 
 
 def span_mask(tokenizer, texts, spans, width):
@@ -50,27 +51,35 @@ def selective_memorization_accuracy(model, input_ids, attention_mask,
 
 
 def selective_extraction_likelihood(model, input_ids, attention_mask, mask,
-                                    n=2, pad_id=0):
+                                    n=2, stats=None):
     """S-EL_n per sequence, (B,): for each span s (a run of `mask`), the
     greedy continuation of |s| tokens from the prefix before it, scored by
     OVERLAP_n against the span; averaged over the spans of the sequence.
 
     S-EL_n(x) = 1/|S(x)| sum_{s in S(x)} OVERLAP_n(f(x_<b_s; |s|), x_{b_s..e_s})
     Spans shorter than n, and a span at position 0 (no prefix), are skipped;
-    a sequence with no span left scores 0.
+    a sequence with no span left scores 0. While the teacher-forced argmax
+    hits, the greedy continuation is the span itself; generation starts at
+    the first miss (`stats` from `token_stats` save that pass).
     """
-    jobs = []
+    hits = (stats or token_stats(model, input_ids, attention_mask))['hit']
+    spans, jobs = [], []
     for b in range(input_ids.shape[0]):
         real = int(attention_mask[b].sum())
         for s, e in runs(mask[b, :real]):
             if s >= 1 and e - s >= n:
-                jobs.append((b, s, e))
-    gens = greedy_continue(model, [input_ids[b, :s].tolist()
-                                   for b, s, e in jobs],
-                           [e - s for b, s, e in jobs], pad_id)
+                m = s  # the first position the argmax misses
+                while m < e and hits[b, m - 1]:
+                    m += 1
+                spans.append((b, s, e, m))
+                if m < e:
+                    jobs.append((b, m, e - m))
+    gens = iter(continue_rows(model, input_ids, attention_mask, jobs))
     per = [[] for _ in range(input_ids.shape[0])]
-    for (b, s, e), g in zip(jobs, gens):
-        per[b].append(overlap(g, input_ids[b, s:e].tolist(), n))
+    for b, s, e, m in spans:
+        x = input_ids[b].tolist()
+        pred = x[s:m] + (next(gens) if m < e else [])
+        per[b].append(overlap(pred, x[s:e], n))
     return torch.tensor([sum(v) / len(v) if v else 0.0 for v in per])
 
 
