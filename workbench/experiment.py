@@ -236,28 +236,35 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
     return out
 
 
-def span_metrics(setup, model, tokens, mask, n=2, stats=None):
+def span_metrics(setup, model, tokens, mask, n=2, stats=None,
+                 el_below=None):
     """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
-    (before unlearning, on unseen texts: the span thresholds)."""
+    (before unlearning, on unseen texts: the span thresholds). With
+    `el_below`, S-EL_n (the costly one) only once S-MA is at or below it."""
     stats = stats or metrics.token_stats(model, tokens['input_ids'],
                                          tokens['attention_mask'])
-    return {
-        'S-MA': metrics.selective_memorization_accuracy(
-            model, tokens['input_ids'], tokens['attention_mask'], mask,
-            stats=stats).mean().item(),
-        f'S-EL_{n}': metrics.selective_extraction_likelihood(
+    out = {'S-MA': metrics.selective_memorization_accuracy(
+        model, tokens['input_ids'], tokens['attention_mask'], mask,
+        stats=stats).mean().item()}
+    if el_below is None or out['S-MA'] <= el_below:
+        out[f'S-EL_{n}'] = metrics.selective_extraction_likelihood(
             model, tokens['input_ids'], tokens['attention_mask'], mask, n,
-            stats).mean().item()}
+            stats).mean().item()
+    return out
 
 
-def span_quick_metrics(setup, model, mask, n=2, world=0):
+def span_quick_metrics(setup, model, mask, n=2, world=0, thresholds=None):
     """Per-step numbers of span unlearning: forget S-MA and S-EL_n on the
-    spans of `mask`, forget MA, retain MA and perplexity (no full EL)."""
+    spans of `mask`, forget MA, retain MA and perplexity (no full EL).
+    With the span `thresholds`, S-EL_n only once S-MA is at its threshold
+    (the stopping rule needs both), as EL waits for MA."""
     f = setup.tokens['forget']
     stats = metrics.token_stats(model, f['input_ids'], f['attention_mask'])
     out = quick_metrics(setup, model, world=world, el=False,
                         forget_stats=stats)
-    for k, v in span_metrics(setup, model, f, mask, n, stats).items():
+    below = (thresholds or {}).get('S-MA')
+    for k, v in span_metrics(setup, model, f, mask, n, stats,
+                             below).items():
         out[f'forget/{k}'] = v
     return out
 

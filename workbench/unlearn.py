@@ -81,7 +81,7 @@ def unlearn_files(args):
             setup, setup.model, setup.tokens['unseen'], masks['unseen'], n)
         kw = {'span_mask': masks['forget']}
         evaluate = partial(experiment.span_quick_metrics, setup,
-                           mask=masks['forget'], n=n)
+                           mask=masks['forget'], n=n, thresholds=thresholds)
     for k, v in before.items():
         rec.before(k, v)
     for k, v in {**setup.thresholds, **thresholds}.items():
