@@ -63,6 +63,24 @@ def test_s_el_equals_one_generation_per_span(tiny):
     assert got.tolist() == want
 
 
+def test_s_el_waits_for_s_ma_at_its_threshold(tiny):
+    from types import SimpleNamespace
+
+    from workbench import experiment
+    ids = torch.randint(1, 64, (2, 12))
+    forget = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 4:8] = True
+    setup = SimpleNamespace(tokens={'forget': forget},
+                            thresholds={'MA': 0.0})
+    out = experiment.span_quick_metrics(setup, tiny, mask, 2,
+                                        thresholds={'S-MA': -1.0})
+    assert 'forget/S-MA' in out and 'forget/S-EL_2' not in out
+    out = experiment.span_quick_metrics(setup, tiny, mask, 2,
+                                        thresholds={'S-MA': 1.0})
+    assert 'forget/S-EL_2' in out
+
+
 def test_char_precision_recall():
     p, r = char_precision_recall([[0, 5]], [[0, 5], [10, 15]], 20)
     assert (p, r) == (1.0, 0.5)
