@@ -86,14 +86,15 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
                   max_tokens=8192):
     """Greedy continuations of prefixes of the given rows, (jobs,) lists.
 
-    A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1). The
-    rows' keys and values come from one forward pass; each job copies its
-    row's cache, masks the positions m-1 onwards, feeds x_{m-1} at position
-    m-1 (its output is the first token) and decodes greedily. Keys and
-    values before m depend on x_<m only, so this is the continuation of
-    x_<m, without encoding the prefix again for every job. Jobs leave the
-    batch as they finish; a batch holds at most `batch_size` jobs and about
-    `max_tokens` cached positions (the cache is the memory that grows).
+    A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1; rows
+    right-padded, as `data.tokenize` pads them). The rows' keys and values
+    come from one forward pass; each job copies its row's cache, masks the
+    positions m-1 onwards, feeds x_{m-1} at position m-1 (its output is the
+    first token) and decodes greedily. Keys and values before m depend on
+    x_<m only, so this is the continuation of x_<m, without encoding the
+    prefix again for every job. Jobs leave the batch as they finish; a
+    batch holds at most `batch_size` jobs and about `max_tokens` cached
+    positions (the cache is the memory that grows).
     """
     device = _device(model)
     if attention_mask is None:
