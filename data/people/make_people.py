@@ -1,17 +1,22 @@
 """Generate data/people/people.jsonl: fictitious people, PII spans and Q&A.
 
-Every person is made up by Faker (seed 0). Run from anywhere:
+Every person is made up by Faker (seed 0; ages counted on a fixed day, so
+the file does not change with the day it is regenerated). Run from anywhere:
 
     python data/people/make_people.py
 """
 import json
 import sys
 import random
+from datetime import date, timedelta
 from pathlib import Path
 
 from faker import Faker
 
 SEED = 0
+# ages are counted from this day, not from today, so the file stays the same
+# whenever it is regenerated
+AGES_ON = date(2026, 11, 24)
 SPLITS = {'forget': 10, 'retain': 30, 'unseen': 20}
 
 # Each template is a list of pieces: plain text, or `{field}` for a PII span
@@ -42,11 +47,19 @@ QUESTIONS = [
 ]
 
 
+def date_of_birth(fake, minimum_age, maximum_age):
+    """Faker's `date_of_birth`, with ages counted on AGES_ON."""
+    start = AGES_ON.replace(year=AGES_ON.year - maximum_age - 1)
+    end = AGES_ON.replace(year=AGES_ON.year - minimum_age)
+    dob = fake.date_time_ad(start_datetime=start, end_datetime=end).date()
+    return dob if dob != start else dob + timedelta(days=1)
+
+
 def person(fake, rng):
     """One fictitious person: the values of every PII field."""
     sex = rng.choice(['female', 'male'])
     name = fake.name_female() if sex == 'female' else fake.name_male()
-    dob = fake.date_of_birth(minimum_age=25, maximum_age=80)
+    dob = date_of_birth(fake, minimum_age=25, maximum_age=80)
     return {
         'sex': sex, 'name': name, 'dob': dob.strftime('%B %d, %Y'),
         'city': fake.city(), 'job': fake.job().split(',')[0].lower(),
