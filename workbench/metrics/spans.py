@@ -75,11 +75,11 @@ def selective_extraction_likelihood(model, input_ids, attention_mask, mask,
                 if m < e:
                     jobs.append((b, m, e - m))
     gens = iter(continue_rows(model, input_ids, attention_mask, jobs))
-    per = [[] for _ in range(input_ids.shape[0])]
+    rows = input_ids.tolist()
+    per = [[] for _ in rows]
     for b, s, e, m in spans:
-        x = input_ids[b].tolist()
-        pred = x[s:m] + (next(gens) if m < e else [])
-        per[b].append(overlap(pred, x[s:e], n))
+        pred = rows[b][s:m] + (next(gens) if m < e else [])
+        per[b].append(overlap(pred, rows[b][s:e], n))
     return torch.tensor([sum(v) / len(v) if v else 0.0 for v in per])
 
 
