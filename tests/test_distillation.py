@@ -182,3 +182,18 @@ def test_soft_labels_in_chunks_equal_the_whole_ensemble():
     mask = (am[:, 1:] & am[:, :-1]).bool()
     assert chunked.shape == whole.shape
     assert torch.allclose(chunked[mask], whole[mask], atol=1e-6)
+
+
+def test_sampling_from_one_encoded_prompt_equals_plain_generate(tiny):
+    from workbench.metrics.canary import _prefilled
+    prompt = {'input_ids': torch.tensor([[5, 9, 3, 17, 2]])}
+    prompt['attention_mask'] = torch.ones_like(prompt['input_ids'])
+    kw = dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=6,
+              min_new_tokens=6, pad_token_id=0)
+    torch.manual_seed(3)
+    plain = tiny.generate(**prompt, num_return_sequences=16, **kw)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fast = tiny.generate(**_prefilled(tiny, prompt, 16), **kw)
+    assert torch.equal(plain, fast)
+    assert len({tuple(r) for r in plain[:, 5:].tolist()}) > 1  # sampled

@@ -170,3 +170,33 @@ def test_extraction_strength_reuses_given_stats(successor):
     es = metrics.extraction_strength(successor, ids, stats=stats)
     assert torch.equal(es, metrics.extraction_strength(successor, ids))
     assert 0 < es.item() < 1
+
+
+def test_continuations_of_one_encoded_prompt_equal_full_passes(tiny):
+    from workbench.metrics.likelihood import continuation_logprobs
+    prompts = [[5, 9, 3, 17], [8], [2, 30, 11, 4, 6, 21, 7]]
+    conts = [[[12, 13], [40], [3, 3, 3, 9]], [[1, 2, 3]], [[44], [45, 46]]]
+    # a small max_tokens forces several prompt groups and job chunks
+    for max_tokens in (2048, 12):
+        got = continuation_logprobs(tiny, prompts, conts, max_tokens)
+        for p, cs, lps in zip(prompts, conts, got):
+            for c, lp in zip(cs, lps):
+                ids = torch.tensor([p + c])
+                full = torch.log_softmax(tiny(input_ids=ids).logits[0], -1)
+                want = full[len(p) - 1:-1].gather(
+                    -1, torch.tensor(c)[:, None])[:, 0]
+                assert torch.allclose(lp, want, atol=1e-5)
+
+
+def test_answers_scored_after_their_question_as_in_one_qa_batch(
+        smol_tokenizer):
+    from conftest import tiny_llama
+    from workbench.metrics.qa import answer_logprobs, qa_batch
+    model = tiny_llama(vocab=len(smol_tokenizer))
+    qs, ans = ['Who?', 'Where is it?', 'Who?'], ['Ann', 'Here', 'Bob Lee']
+    got = answer_logprobs(model, smol_tokenizer, qs, ans)
+    b = qa_batch(smol_tokenizer, qs, ans)
+    s = metrics.token_stats(model, b['input_ids'], b['attention_mask'])
+    m = s['mask'] & b['target_mask'][:, 1:].bool()
+    for row, lp in enumerate(got):
+        assert torch.allclose(lp, s['logprob'][row][m[row]], atol=1e-5)

@@ -6,6 +6,7 @@ score means "looks less like a member", and the AUC labels the forget set 0
 and the holdout set 1, so AUC = 1 when the forget set is far more likely
 than the holdout set and 0.5 when they are indistinguishable.
 """
+import copy
 import math
 import zlib
 
@@ -149,4 +150,72 @@ def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
                 for d, s in zip((forget, holdout), stats))
         labels = np.r_[np.zeros(len(f)), np.ones(len(h))]
         out[attack] = float(roc_auc_score(labels, np.r_[f, h]))
+    return out
+
+
+@torch.no_grad()
+def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
+    """log p(c_j | prompt, c_<j) of every token of every continuation, with
+    each prompt encoded once however many continuations it has.
+
+    `prompts` are token lists (at least one token); `continuations[i]` is a
+    list of token lists, each continuing `prompts[i]`. Returns the same
+    nesting with a 1-D tensor per continuation. The prompts but for their
+    last token go through the model once (right-padded); each continuation
+    then copies its prompt's keys and values, with the padding masked, and
+    runs its prompt's last token followed by its own tokens at their true
+    positions. The numbers are those of one pass over prompt + continuation
+    (up to float rounding); the compute shrinks by about the prompt's
+    length times the number of continuations per prompt.
+    """
+    device = _device(model)
+    out = [[None] * len(c) for c in continuations]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    width = max(len(p) for p in prompts) - 1
+    per_pass = max(1, max_tokens // max(1, width))
+    for g in range(0, len(order), per_pass):
+        group = order[g:g + per_pass]
+        w = max(len(prompts[i]) for i in group) - 1
+        ids = torch.zeros((len(group), w), dtype=torch.long)
+        am = torch.zeros_like(ids)
+        for j, i in enumerate(group):
+            ids[j, :len(prompts[i]) - 1] = torch.tensor(prompts[i][:-1])
+            am[j, :len(prompts[i]) - 1] = 1
+        ids, am = ids.to(device), am.to(device)
+        cache = None
+        if w > 0:
+            cache = model(input_ids=ids, attention_mask=am, use_cache=True,
+                          logits_to_keep=1).past_key_values
+        jobs = sorted(((j, i, k) for j, i in enumerate(group)
+                       for k in range(len(continuations[i]))),
+                      key=lambda t: len(continuations[t[1]][t[2]]))
+        longest = max(1 + len(continuations[i][k]) for _, i, k in jobs)
+        size = max(1, max_tokens // (w + longest))
+        for c in range(0, len(jobs), size):
+            chunk = jobs[c:c + size]
+            seqs = [[prompts[i][-1], *continuations[i][k]]
+                    for _, i, k in chunk]
+            L = max(map(len, seqs))
+            x = torch.zeros((len(chunk), L), dtype=torch.long)
+            xm = torch.zeros_like(x)
+            for r, s in enumerate(seqs):
+                x[r, :len(s)] = torch.tensor(s)
+                xm[r, :len(s)] = 1
+            x, xm = x.to(device), xm.to(device)
+            rows = torch.tensor([j for j, _, _ in chunk], device=device)
+            start = torch.tensor([len(prompts[i]) - 1 for _, i, _ in chunk],
+                                 device=device)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.reorder_cache(rows)
+            logits = model(input_ids=x,
+                           attention_mask=torch.cat([am[rows], xm], 1),
+                           position_ids=start[:, None] + torch.arange(
+                               L, device=device),
+                           past_key_values=past).logits[:, :-1].float()
+            lp = (logits.gather(-1, x[:, 1:, None])[..., 0]
+                  - torch.logsumexp(logits, -1)).cpu()
+            for r, (_, i, k) in enumerate(chunk):
+                out[i][k] = lp[r, :len(seqs[r]) - 1]
     return out

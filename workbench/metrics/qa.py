@@ -16,7 +16,7 @@ from scipy.stats import hmean, ks_2samp
 
 from ..data import QA_TEMPLATE
 from .extraction import greedy_continue
-from .likelihood import token_stats
+from .likelihood import continuation_logprobs
 
 
 def prompt_of(question):
@@ -47,21 +47,35 @@ def qa_batch(tokenizer, questions, answers):
     return {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
 
 
+def answer_logprobs(model, tokenizer, questions, answers):
+    """log p of each answer token given its question (tokenised as
+    `qa_batch` does), one 1-D tensor per (question, answer) pair; each
+    distinct question is encoded once, however many answers it has."""
+    prompts, conts, where = {}, {}, []
+    for q, a in zip(questions, answers):
+        if q not in prompts:
+            prompts[q] = tokenizer(prompt_of(q))['input_ids']
+            conts[q] = []
+        where.append((q, len(conts[q])))
+        conts[q].append(tokenizer(' ' + a)['input_ids'])
+    keys = list(prompts)
+    lps = continuation_logprobs(model, [prompts[q] for q in keys],
+                                [conts[q] for q in keys])
+    by_q = dict(zip(keys, lps))
+    return [by_q[q][k] for q, k in where]
+
+
 def answer_nll(model, tokenizer, questions, answers):
     """Mean NLL per answer token of each answer given its question, (N,)."""
-    b = qa_batch(tokenizer, questions, answers)
-    s = token_stats(model, b['input_ids'], b['attention_mask'])
-    m = s['mask'] & b['target_mask'][:, 1:].bool()
-    return -(s['logprob'] * m).sum(1) / m.sum(1).clamp(min=1)
+    return torch.stack([-lp.mean() for lp in answer_logprobs(
+        model, tokenizer, questions, answers)])
 
 
 def answer_perplexity(model, tokenizer, questions, answers):
     """Perplexity of the answer tokens given their questions, over all
     answers' tokens together."""
-    b = qa_batch(tokenizer, questions, answers)
-    s = token_stats(model, b['input_ids'], b['attention_mask'])
-    m = s['mask'] & b['target_mask'][:, 1:].bool()
-    return float(torch.exp(-(s['logprob'] * m).sum() / m.sum()))
+    lp = torch.cat(answer_logprobs(model, tokenizer, questions, answers))
+    return float(torch.exp(-lp.mean()))
 
 
 def answer_probability(model, tokenizer, questions, answers):
@@ -132,13 +146,12 @@ def multiple_choice_accuracy(model, tokenizer, items):
     log-likelihood given the question (lm-eval-harness's `acc`)."""
     qs = [it['question'] for it in items for _ in it['choices']]
     cs = [c for it in items for c in it['choices']]
-    b = qa_batch(tokenizer, qs, cs)
-    s = token_stats(model, b['input_ids'], b['attention_mask'])
-    m = s['mask'] & b['target_mask'][:, 1:].bool()
-    total = (s['logprob'] * m).sum(1)
+    total = [lp.sum().item() for lp in answer_logprobs(model, tokenizer,
+                                                        qs, cs)]
     correct, i = 0, 0
     for it in items:
         k = len(it['choices'])
-        correct += int(total[i:i + k].argmax().item() == it['label'])
+        scores = total[i:i + k]
+        correct += int(scores.index(max(scores)) == it['label'])
         i += k
     return correct / len(items)
