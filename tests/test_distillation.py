@@ -197,3 +197,30 @@ def test_sampling_from_one_encoded_prompt_equals_plain_generate(tiny):
         fast = tiny.generate(**_prefilled(tiny, prompt, 16), **kw)
     assert torch.equal(plain, fast)
     assert len({tuple(r) for r in plain[:, 5:].tolist()}) > 1  # sampled
+
+
+def test_token_kl_gradients_equal_the_plain_expression():
+    from workbench.metrics.divergence import _PositionKL
+    t = _logp(2, 3, 5, seed=1).double().requires_grad_()
+    z = torch.randn(2, 3, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_PositionKL.apply,
+                                    (t, torch.log_softmax(z, -1)))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
+    fast = metrics.token_kl(t, torch.log_softmax(z, -1), mask)
+    gt, gz = torch.autograd.grad(fast, (t, z))
+    plain = ((t.exp() * (t - torch.log_softmax(z, -1))).sum(-1) * mask)
+    plain = plain.sum() / mask.sum()
+    assert torch.allclose(fast, plain)
+    for g, want in zip((gt, gz), torch.autograd.grad(plain, (t, z))):
+        assert torch.allclose(g, want)
+
+
+def test_jsd_to_a_float16_reference_moves_by_less_than_1e4():
+    # sharp next-token distributions over SmolLM2's vocabulary size
+    p = torch.log_softmax(torch.randn(2, 6, 49152) * 4, -1)
+    q = torch.log_softmax(torch.randn(2, 6, 49152) * 4, -1)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    for other in (q, (p + 0.05 * q).log_softmax(-1)):
+        exact = metrics.token_jsd(p, other, mask)
+        half = metrics.token_jsd(p, other.half().float(), mask)
+        assert (exact - half).abs().max() < 1e-4

@@ -105,7 +105,8 @@ def prepare(roles, a_d, a_f, a_n, forget, new):
 
 def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
             evaluate=None, should_stop=None, progress=True,
-            name='unlearned', guard_bound=float('inf')):
+            name='unlearned', guard_bound=float('inf'),
+            evaluate_forget=None):
     """Copy role `a_d` to role `name` and run KGA on it with the frozen
     roles `a_f` (trained on the forget texts) and `a_n` (trained on the new
     texts `new`). `forget`, `retain`, `new` are tokenised. Returns the
@@ -114,6 +115,9 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
     Every update sees the whole forget set and a random minibatch of the
     retained texts. The run stops early (as the paper's `stop_value`) when
     `evaluate` reports `kga/alignment` at or below `config.stop_value`.
+    `evaluate_forget(model, logp, mask)`, if given, also runs after each
+    update with the forget texts' log-distributions just computed for the
+    alignment loss (no second pass over the forget set).
     """
     forget_t, gap = prepare(roles, a_d, a_f, a_n, forget, new)
     model = roles.copy(a_d, name)
@@ -131,9 +135,13 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
 
     def measured(m):
         with torch.no_grad():
-            l_a, fg = alignment(m, forget_t, gap)
-        out = {'kga/alignment': l_a.item(), 'kga/forget_gap': fg.item(),
-               'kga/new_gap': gap}
+            logp, mask = vocab_logprobs(m, forget_t)
+            fg = token_kl(forget_t['target_logprobs'], logp, mask)
+            out = {'kga/alignment': (fg - gap).abs().item(),
+                   'kga/forget_gap': fg.item(), 'kga/new_gap': gap}
+            if evaluate_forget:
+                out.update(evaluate_forget(m, logp, mask))
+        del logp
         return {**out, **(evaluate(m) if evaluate else {})}
 
     def stop(metrics):

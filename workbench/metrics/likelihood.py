@@ -128,21 +128,23 @@ def mia_scores(model, input_ids, attention_mask=None, attack='loss',
     raise ValueError(f'unknown attack {attack!r}')
 
 
-def mia_auc(model, forget, holdout, attack='loss', k=0.4):
+def mia_auc(model, forget, holdout, attack='loss', k=0.4, stats=None):
     """AUC of an attack telling forget (0) from holdout (1) sequences.
 
     `forget` and `holdout` are dicts with `input_ids`, `attention_mask`
-    and, for 'zlib', `texts`.
+    and, for 'zlib', `texts`; `stats`: their `token_stats`, if at hand.
     """
-    return mia_aucs(model, forget, holdout, (attack,), k)[attack]
+    return mia_aucs(model, forget, holdout, (attack,), k, stats)[attack]
 
 
 def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
-             k=0.4):
-    """`mia_auc` of several attacks from one forward pass per set."""
+             k=0.4, stats=None):
+    """`mia_auc` of several attacks from one forward pass per set (none
+    when `stats`, the two sets' `token_stats`, are given)."""
     vocab = 'min_k++' in attacks
-    stats = [token_stats(model, d['input_ids'], d['attention_mask'],
-                         vocab_stats=vocab) for d in (forget, holdout)]
+    stats = stats or [token_stats(model, d['input_ids'], d['attention_mask'],
+                                  vocab_stats=vocab)
+                      for d in (forget, holdout)]
     out = {}
     for attack in attacks:
         f, h = (mia_scores(model, d['input_ids'], d['attention_mask'],
