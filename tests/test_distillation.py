@@ -215,7 +215,7 @@ def test_token_kl_gradients_equal_the_plain_expression():
         assert torch.allclose(g, want)
 
 
-def test_jsd_to_a_float16_reference_moves_by_less_than_1e4():
+def test_float16_references_move_jsd_and_kl_by_little():
     # sharp next-token distributions over SmolLM2's vocabulary size
     p = torch.log_softmax(torch.randn(2, 6, 49152) * 4, -1)
     q = torch.log_softmax(torch.randn(2, 6, 49152) * 4, -1)
@@ -224,3 +224,50 @@ def test_jsd_to_a_float16_reference_moves_by_less_than_1e4():
         exact = metrics.token_jsd(p, other, mask)
         half = metrics.token_jsd(p, other.half().float(), mask)
         assert (exact - half).abs().max() < 1e-4
+        kl = metrics.token_kl(other, p, mask)
+        assert abs(metrics.token_kl(other.half(), p, mask) - kl) < 5e-4
+
+
+def test_secret_nlls_differ_from_whole_text_nlls_by_one_constant(
+        smol_tokenizer):
+    from conftest import tiny_llama
+    from workbench.metrics.canary import candidates, secret_nlls
+    model = tiny_llama(vocab=len(smol_tokenizer))
+    canary = {'prefix': 'The locker combination is', 'secret': '8 2 4 2'}
+    true, cands = secret_nlls(model, smol_tokenizer, [canary], 12)[0]
+    texts = [f"{canary['prefix']} {s}." for s in
+             [canary['secret'], *candidates(canary['secret'], 12)]]
+    b = smol_tokenizer(texts, return_tensors='pt', padding=True)
+    s = metrics.token_stats(model, b['input_ids'], b['attention_mask'])
+    whole = -(s['logprob'] * s['mask']).sum(1).numpy()
+    shift = whole - np.r_[true, cands]
+    assert np.allclose(shift, shift[0], atol=1e-4) and shift[0] > 0
+
+
+def test_kga_updates_the_same_with_held_or_minibatch_targets(
+        roles, cache, monkeypatch):
+    from workbench import data
+    people = data.people('forget', 2) + data.people('retain', 5)
+    texts = [p['text'][:80] for p in people]  # short: a fast test
+    for name, part in (('A_D', texts), ('A_f', texts[:2]),
+                       ('A_n', texts[2:4])):
+        roles.fit(name, part, epochs=1)
+    tok = {k: data.tokenize(roles.tokenizer, v) for k, v in
+           (('forget', texts[:2]), ('retain', texts[2:]),
+            ('new', texts[2:4]))}
+    seen = []
+    runs = []
+    for held in (kga.HELD_TARGETS_BYTES, 0):
+        monkeypatch.setattr(kga, 'HELD_TARGETS_BYTES', held)
+        result = kga.unlearn(
+            roles, 'A_D', 'A_f', 'A_n', tok['forget'], tok['retain'],
+            tok['new'], kga.KGAConfig(steps=2, batch_size=2,
+                                      stop_value=0.0),
+            evaluate_forget=lambda m, logp, mask: seen.append(
+                logp.shape) or {}, progress=False, name=f'A_{held}')
+        runs.append([e for e in result.events if e['kind'] == 'step'])
+    assert result.steps == 2 and len(seen) == 6  # before and after each
+    for a, b in zip(*runs):
+        assert a['retain_kl'] == pytest.approx(b['retain_kl'], abs=1e-4)
+        assert a['alignment'] == pytest.approx(b['alignment'], abs=1e-4)
+        assert a['retain_kl'] > 0

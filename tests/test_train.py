@@ -98,3 +98,26 @@ def test_should_stop_ends_early():
                 should_stop=lambda s: 'low' if s['nll'] < 3.5 else None)
     assert res.status == 'stopped' and 0 < res.steps < 50
     assert res.last('nll') < 3.5
+
+
+def test_a_list_of_loss_terms_trains_as_their_sum():
+    def first(m, b):
+        return m(b['x']).pow(2).mean(), {'first': 1.0}
+
+    def second(m, b):
+        return (m(b['x']) - 1).abs().mean()
+
+    def both(m, b):
+        return first(m, b)[0] + second(m, b)
+
+    weights = []
+    for loss in ([first, second], both):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        batches = iter([{'x': torch.randn(8, 4)} for _ in range(3)])
+        result = train(model, loss, batches,
+                       TrainConfig(lr=0.05, steps=3, progress=False))
+        weights.append(model.weight.detach().clone())
+        assert result.steps == 3
+    assert torch.allclose(*weights, atol=1e-6)
+    assert result.events[0]['loss'] > 0

@@ -205,12 +205,13 @@ class LiveFigure:
             self._redraw(force=True)
 
 
-def show_source(fn):
-    """Display a function's source, highlighted (the paper's core)."""
+def show_source(*fns):
+    """Display functions' source, highlighted (the paper's core)."""
     import inspect
 
     from IPython.display import Code
-    display(Code(inspect.getsource(fn), language='python'))
+    display(Code('\n\n'.join(inspect.getsource(f) for f in fns),
+                 language='python'))
 
 
 def show_people(rows):

@@ -249,10 +249,11 @@ class Roles:
         return model
 
     @torch.no_grad()
-    def logprobs(self, name, batch, rows=4):
+    def logprobs(self, name, batch, rows=4, dtype=torch.float32):
         """log p(. | x_<t) of role `name` at every position of a batch,
         (B, W-1, V), with the (B, W-1) mask of real targets; computed
-        `rows` at a time to bound the memory of the temporaries."""
+        `rows` at a time to bound the memory of the temporaries, and kept
+        in `dtype` (float16 halves the memory of a frozen target)."""
         width = used_width(batch['attention_mask'])
         batch = {k: batch[k][:, :width] for k in ('input_ids',
                                                   'attention_mask')}
@@ -262,7 +263,8 @@ class Roles:
                 chunk = {k: v[i:i + rows] for k, v in batch.items()}
                 lp, mask = vocab_logprobs(m, chunk)
                 pad = width - 1 - lp.shape[1]
-                parts.append((torch.nn.functional.pad(lp, (0, 0, 0, pad)),
+                parts.append((torch.nn.functional.pad(lp.to(dtype),
+                                                      (0, 0, 0, pad)),
                               torch.nn.functional.pad(mask, (0, pad))))
         return (torch.cat([p[0] for p in parts]),
                 torch.cat([p[1] for p in parts]))

@@ -121,7 +121,9 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     """Run the loop; return a `TrainResult`.
 
     - `loss_fn(model, batch)` returns the loss to minimise, or a pair
-      (loss, dict of named parts to log).
+      (loss, dict of named parts to log). A list of such functions is a
+      loss that is their sum: each term is backpropagated before the next
+      is computed, the same gradient with the memory of one term.
     - `batches` is an iterator of batches (dicts of tensors).
     - `evaluate(model)` returns a dict of metrics; it runs before the first
       step and every `eval_every` steps.
@@ -129,6 +131,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     - each callback receives every event (a dict with 'step' and 'kind').
     """
     torch.manual_seed(config.seed)
+    terms = loss_fn if isinstance(loss_fn, (list, tuple)) else [loss_fn]
     opt = make_optimizer(model.parameters(), config)
     result = TrainResult('completed', 0)
     good = None  # weights of the last evaluation within the guard's bound
@@ -172,12 +175,16 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
             opt.zero_grad(set_to_none=True)
             total, parts = 0.0, {}
             for _ in range(config.grad_accum):
-                out = loss_fn(model, next(batches))
-                loss, extra = out if isinstance(out, tuple) else (out, {})
-                (loss / config.grad_accum).backward()
-                total += loss.item() / config.grad_accum
-                for k, v in extra.items():
-                    parts[k] = parts.get(k, 0.0) + float(v) / config.grad_accum
+                batch = next(batches)
+                for term in terms:
+                    out = term(model, batch)
+                    loss, extra = out if isinstance(out, tuple) else (out, {})
+                    (loss / config.grad_accum).backward()
+                    total += loss.item() / config.grad_accum
+                    for k, v in extra.items():
+                        parts[k] = parts.get(k, 0.0) \
+                            + float(v) / config.grad_accum
+                del batch  # not held while the next one is built
             if not math.isfinite(total):
                 verdict = 'diverged', f'the loss became {total} at step ' \
                                       f'{step + 1}; not applied', False

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.stats import skewnorm
 
-from .likelihood import token_stats
+from .likelihood import continuation_logprobs
 
 
 def candidates(secret, n, seed=0):
@@ -29,18 +29,34 @@ def candidates(secret, n, seed=0):
 
 
 def secret_nlls(model, tokenizer, canaries, n_candidates=100, seed=0):
-    """Total NLL (nats) of each canary's text and of `n_candidates` random
-    candidates in its place, in one batched pass. Returns a list of
-    (true NLL, array of candidate NLLs), one per canary."""
-    texts, spans = [], []
+    """NLL (nats) of each canary's secret and of `n_candidates` random
+    candidates in its place, given the prefix. Returns a list of
+    (true NLL, array of candidate NLLs), one per canary.
+
+    The texts of one canary share their first tokens (the prefix), which
+    are encoded once; only the tokens after them are scored. The shared
+    part would add the same number to every candidate's NLL, which changes
+    no rank and shifts a fitted distribution with the canary's own NLL.
+    """
+    prompts, conts = [], []
     for c in canaries:
         cands = candidates(c['secret'], n_candidates, seed)
-        spans.append((len(texts), len(cands)))
-        texts += [f"{c['prefix']} {s}." for s in [c['secret'], *cands]]
-    enc = tokenizer(texts, return_tensors='pt', padding=True)
-    s = token_stats(model, enc['input_ids'], enc['attention_mask'])
-    nll = -(s['logprob'] * s['mask']).sum(1).numpy()
-    return [(nll[a], nll[a + 1:a + 1 + n]) for a, n in spans]
+        rows = [tokenizer(f"{c['prefix']} {s}.")['input_ids']
+                for s in [c['secret'], *cands]]
+        shared, limit = 0, min(len(r) for r in rows) - 1
+        while shared < limit and all(r[shared] == rows[0][shared]
+                                     for r in rows):
+            shared += 1
+        if shared == 0:
+            raise ValueError(f"canary {c.get('id', c['prefix'])!r}: its "
+                             'texts share no first token')
+        prompts.append(rows[0][:shared])
+        conts.append([r[shared:] for r in rows])
+    out = []
+    for lps in continuation_logprobs(model, prompts, conts):
+        nll = np.array([-lp.sum().item() for lp in lps])
+        out.append((nll[0], nll[1:]))
+    return out
 
 
 def exposure_from_nlls(true_nll, cand_nlls, digits, estimate='skewnorm'):

@@ -18,7 +18,8 @@ class _PositionKL(torch.autograd.Function):
     more (B, T, V) temporaries: with a 49k vocabulary that was most of the
     memory of a distillation update. Here the forward pass goes one row at
     a time and the backward pass rebuilds exp(t) from t (which the caller
-    holds anyway): d/dl = -exp(t), d/dt = exp(t) (t - l + 1).
+    holds anyway): d/dl = -exp(t), d/dt = exp(t) (t - l + 1). A float16
+    target (half the memory to hold) is computed with in l's precision.
     """
 
     @staticmethod
@@ -26,14 +27,14 @@ class _PositionKL(torch.autograd.Function):
         ctx.save_for_backward(target_logp, logp)
         out = logp.new_empty(logp.shape[:-1])
         for i in range(logp.shape[0]):
-            t = target_logp[i]
+            t = target_logp[i].to(logp.dtype)
             out[i] = (t.exp() * (t - logp[i])).sum(-1)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         t, logp = ctx.saved_tensors
-        g = grad[..., None]
+        t, g = t.to(logp.dtype), grad[..., None]
         grad_t = grad_logp = None
         if ctx.needs_input_grad[0]:
             grad_t = t.exp() * (t - logp + 1) * g
