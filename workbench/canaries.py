@@ -129,11 +129,13 @@ def setup(profile='smoke', progress=True, **sizes):
     return CanarySetup(roles, s, parts, inserted, forget, tokens, teachers)
 
 
-def measure(setup, role, canaries=None, extract=True, seed=0):
+def measure(setup, role, canaries=None, extract=True, seed=0,
+            perplexity=True):
     """Exposure and extraction (mean over `canaries`, by default the forget
     set, and per canary under 'per_canary'), and perplexity on the
     retained bios and on held-out bios, of role `role` (None: the base).
-    `extract` is True (every canary), False, or a list of canary ids."""
+    `extract` is True (every canary), False, or a list of canary ids;
+    `perplexity=False` skips the perplexities."""
     s, tok = setup.sizes, setup.roles.tokenizer
     canaries = canaries or setup.forget
     if extract is True:
@@ -148,7 +150,7 @@ def measure(setup, role, canaries=None, extract=True, seed=0):
                     m, tok, chosen, samples=s['samples'], seed=seed)):
                 per[c['id']].update(e)
         out = {'per_canary': per}
-        for split in ('retain', 'heldout'):
+        for split in ('retain', 'heldout') if perplexity else ():
             t = setup.tokens[split]
             out[f'{split}/perplexity'] = metrics.perplexity(
                 m, t['input_ids'], t['attention_mask'])
