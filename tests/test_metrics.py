@@ -200,3 +200,24 @@ def test_answers_scored_after_their_question_as_in_one_qa_batch(
     m = s['mask'] & b['target_mask'][:, 1:].bool()
     for row, lp in enumerate(got):
         assert torch.allclose(lp, s['logprob'][row][m[row]], atol=1e-5)
+
+
+def test_token_stats_in_length_order_equal_one_row_at_a_time(tiny):
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 12, 5, 12, 1, 7, 9]
+    ids = torch.randint(1, 64, (len(lengths), 12), generator=g)
+    am = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        am[i, :n] = 1
+    ids = ids * am
+    for kw in ({'max_tokens': 20}, {'batch_size': 3}, {}):
+        s = metrics.token_stats(tiny, ids, am, vocab_stats=True, **kw)
+        for i, n in enumerate(lengths):
+            one = metrics.token_stats(tiny, ids[i:i + 1, :n],
+                                      vocab_stats=True)
+            assert torch.equal(s['mask'][i, :n - 1], torch.ones(n - 1).bool())
+            assert not s['mask'][i, n - 1:].any()
+            # sigma = sqrt(E[log p^2] - mu^2) cancels: a looser tolerance
+            for k, tol in (('logprob', 1e-5), ('mu', 1e-5), ('sigma', 1e-3)):
+                assert torch.allclose(s[k][i, :n - 1], one[k][0], atol=tol)
+            assert torch.equal(s['hit'][i, :n - 1], one['hit'][0])

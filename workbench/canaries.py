@@ -21,10 +21,10 @@ from .roles import Roles
 SIZES = {
     'smoke': dict(teachers=3, bios=2, insert=('c01', 'c02', 'c05'),
                   forget=('c02', 'c05'), epochs=4, candidates=32,
-                  samples=20, heldout=4),
+                  samples=16, heldout=4),
     'cpu': dict(teachers=5, bios=2, insert=None, forget=('c02', 'c05',
                                                         'c08'),
-                epochs=3, candidates=32, samples=32, heldout=8),
+                epochs=3, candidates=32, samples=16, heldout=8),
     'gpu': dict(teachers=5, bios=6, insert=None, forget=('c02', 'c05',
                                                         'c08'),
                 epochs=4, candidates=1000, samples=100, heldout=20),

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ..data import used_width
 
 
 def _device(model):
@@ -32,22 +31,31 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
     the mean and standard deviation of log p under p (for Min-K%++).
 
     Batches hold about `max_tokens` tokens (or `batch_size` rows): the
-    (rows, T, vocabulary) logits are the memory that matters.
+    (rows, T, vocabulary) logits are the memory that matters. Rows go
+    through in order of length, each batch cut to its longest row, so a
+    short text is not padded to the longest of the set.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
     T = input_ids.shape[1]
-    rows = batch_size or max(1, max_tokens // max(1, used_width(
-        attention_mask)))
-    for i in range(0, input_ids.shape[0], rows):
-        am = attention_mask[i:i + rows]
-        # right-padded rows: drop the columns that are padding in the whole
-        # batch (a globally padded set wastes most of its compute on them)
-        width = used_width(am)
-        ids = input_ids[i:i + rows, :width].to(device)
-        am = am[:, :width].to(device)
+    # the width a row needs: up to its last real token
+    widths = torch.where(attention_mask.any(1),
+                         T - attention_mask.flip(1).int().argmax(1), 1)
+    order = torch.argsort(widths, stable=True)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (
+                stop - start < batch_size if batch_size else
+                (stop + 1 - start) * widths[order[stop]] <= max_tokens):
+            stop += 1
+        rows = order[start:start + (batch_size or stop - start)]
+        start += len(rows)
+        width = int(widths[rows].max())
+        ids = input_ids[rows, :width].to(device)
+        am = attention_mask[rows, :width].to(device)
         logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
         logits = logits.float()
         target = ids[:, 1:]
@@ -64,7 +72,8 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
             out['mu'].append(mu)
             out['sigma'].append(((p * logp ** 2).sum(-1) - mu ** 2)
                                 .clamp(min=1e-6).sqrt())
-    return {k: torch.cat([_pad_to(t, T - 1) for t in v]).cpu()
+    back = torch.argsort(order)  # from length order to the caller's
+    return {k: torch.cat([_pad_to(t.cpu(), T - 1) for t in v])[back]
             for k, v in out.items() if v}
 
 
