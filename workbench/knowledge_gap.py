@@ -75,15 +75,23 @@ def setup(profile='smoke', progress=True, **sizes):
     return KGASetup(roles, s, rows, tokens, data.world_facts(p.n_world))
 
 
+# people of the test set whose JSD is followed after every KGA update (the
+# tables measure all of them)
+LIVE_TEST_PEOPLE = 4
+
+
 @torch.no_grad()
-def quick(setup, model, rows=2, forget=None):
+def quick(setup, model, rows=2, forget=None, test_people=None):
     """Per-step numbers: JSD to A_Dr on the forget and test sets (mean
     over real tokens; `rows` texts at a time). `forget`: the model's
-    (logp, mask) on the whole forget set, when already computed."""
+    (logp, mask) on the whole forget set, when already computed;
+    `test_people`: only the first so many of the test set."""
     out = {}
     for s in ('forget', 'test'):
         ref, mask = setup.retrained_logprobs(s)
-        tokens = {k: v[:, :ref.shape[1] + 1] for k, v in
+        n = test_people if s == 'test' and test_people else len(ref)
+        ref, mask = ref[:n], mask[:n]
+        tokens = {k: v[:n, :ref.shape[1] + 1] for k, v in
                   setup.tokens[s].items()}
         total = 0.0
         for i in range(0, ref.shape[0], rows):
@@ -140,5 +148,6 @@ def unlearn(setup, config, callbacks=(), progress=True, name='A_star'):
     return kga.unlearn(setup.roles, 'A_D', 'A_f', 'A_n', t['forget'],
                        t['retain'], t['new'], config, callbacks,
                        evaluate_forget=lambda m, logp, mask: quick(
-                           setup, m, forget=(logp, mask)),
+                           setup, m, forget=(logp, mask),
+                           test_people=LIVE_TEST_PEOPLE),
                        progress=progress, name=name)
