@@ -101,7 +101,7 @@ def exposure(model, tokenizer, prefix, secret, n_candidates=1000, seed=0,
 def _prefilled(model, prompt, copies):
     """The prompt's keys and values but for its last token, computed once
     and repeated `copies` times: `generate` then encodes the prompt once,
-    not once per sample or beam (the same samples, half the time)."""
+    not once per sample (the same samples, as a test checks)."""
     cache = model(input_ids=prompt['input_ids'][:, :-1],
                   attention_mask=prompt['attention_mask'][:, :-1],
                   use_cache=True).past_key_values

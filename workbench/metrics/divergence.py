@@ -19,7 +19,7 @@ class _PositionKL(torch.autograd.Function):
     memory of a distillation update. Here the forward pass goes one row at
     a time and the backward pass rebuilds exp(t) from t (which the caller
     holds anyway): d/dl = -exp(t), d/dt = exp(t) (t - l + 1). A float16
-    target (half the memory to hold) is computed with in l's precision.
+    target (half the memory to hold) is used in l's precision.
     """
 
     @staticmethod

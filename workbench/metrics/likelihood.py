@@ -15,7 +15,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 
-
 def _device(model):
     return next(model.parameters()).device
 
