@@ -114,10 +114,13 @@ def test_a_list_of_loss_terms_trains_as_their_sum():
     for loss in ([first, second], both):
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
+        start = model.weight.detach().clone()
         batches = iter([{'x': torch.randn(8, 4)} for _ in range(3)])
         result = train(model, loss, batches,
                        TrainConfig(lr=0.05, steps=3, progress=False))
         weights.append(model.weight.detach().clone())
         assert result.steps == 3
+        # the weights moved: up to three Adam steps of about lr each
+        assert (weights[-1] - start).abs().max() > 0.05
     assert torch.allclose(*weights, atol=1e-6)
     assert result.events[0]['loss'] > 0
