@@ -133,14 +133,47 @@ def test_labels_are_shifted_to_the_next_token():
     _, labels = whp.labels_from(ids, torch.tensor([0, 2]), v_base,
                                 torch.zeros(2, 10), alpha=1.0)
     assert labels.tolist() == [-100, 3, -100, 4]
+    # an excluded token is never a label: the next best one is
+    v_base[1, 7] = 0.5
+    _, labels = whp.labels_from(ids, torch.tensor([0, 2]), v_base,
+                                torch.zeros(2, 10), 1.0, excluded=[4])
+    assert labels.tolist() == [-100, 3, -100, 7]
+    assert v_base[1, 4] == 1.0  # the pieces are left as they were
+
+
+def test_anchor_starts_are_the_first_tokens_of_the_terms(smol_tokenizer):
+    tok = smol_tokenizer
+    starts = whp.anchor_starts(tok, ANCHORS)
+    for term in ('Tamsin', 'Gloamhold Academy'):
+        assert tok(' ' + term)['input_ids'][0] in starts
+        assert tok(term)['input_ids'][0] in starts
+    assert tok(' went')['input_ids'][0] not in starts
 
 
 def test_familiarity_judge_and_diversity():
     anchors = [{'term': 'Gloamhold', 'generic': 'the school'}]
     assert mentions(' the gloamhold towers', anchors) == ['Gloamhold']
     assert mentions(' Gloamholder', anchors) == []
+    # a term the prompt already gave is no sign of familiarity
+    assert mentions(' Gloamhold again', anchors,
+                    'Tamsin went to Gloamhold') == []
+    assert mentions(' Gloamhold', anchors, 'Tamsin went to') == \
+        ['Gloamhold']
     assert diversity(['a a a a', 'a b']) == pytest.approx((0.25 + 1) / 2)
     assert diversity(['', ' ']) == 0.0
+
+
+def test_semantic_similarity_of_answers():
+    from workbench.harmful import Judge
+    judge = Judge()
+    a = ['Boil the egg for seven minutes, then cool it in cold water.'] * 3
+    b = [a[0], 'Cook it in boiling water for about seven minutes.',
+         'Paint the fence on a dry day with two thin coats.']
+    sim = judge.similarity(a, b)
+    assert sim[0] == pytest.approx(1.0, abs=1e-5)
+    # a paraphrase is closer than an unrelated answer in the same style
+    assert sim[1] > sim[2] + 0.2
+    assert judge.similarity(['', 'x'], ['y', ' ']).tolist() == [0.0, 0.0]
 
 
 def test_bad_configs_are_refused():

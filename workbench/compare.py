@@ -270,7 +270,8 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
     if method == 'whp':
         pieces = whp.generic_pieces(roles, 'original', 'reinforced',
                                     setup.texts['forget'], setup.anchors)
-        items = [whp.labels_from(*piece, 2.0) for piece in pieces]
+        excluded = whp.anchor_starts(tok, setup.anchors)
+        items = [whp.labels_from(*piece, 2.0, excluded) for piece in pieces]
         model = roles.copy('original', 'whp')
         return whp.unlearn(model, items, whp.WHPConfig(
             lr=lr, steps=steps, seed=seed), tok.pad_token_id, eval_every=1,

@@ -12,6 +12,11 @@ on frozen MiniLM sentence embeddings, trained on the data set's own
 labels (undesired answers against desired and normal ones). Its accuracy
 on held-out answers is reported beside every rate. An empty answer is
 harmless (the paper counts whitespace outputs as harmless too).
+
+The similarity of normal answers to the original model's is semantic, as
+the paper's BLEURT is: the cosine of the same MiniLM sentence embeddings
+(all-MiniLM-L6-v2 was trained for semantic textual similarity). ROUGE-L,
+the lexical overlap, is reported beside it.
 """
 from dataclasses import dataclass, field
 
@@ -82,6 +87,17 @@ class Judge:
             out.append(torch.nn.functional.normalize(
                 mean_pool(h, enc['attention_mask']), dim=-1))
         return torch.cat(out).numpy()
+
+    def similarity(self, a, b):
+        """Cosine similarity of the sentence embeddings of each pair of
+        texts `a[i]`, `b[i]` (0 where either is empty)."""
+        out = np.zeros(len(a))
+        idx = [i for i in range(len(a)) if a[i].strip() and b[i].strip()]
+        if idx:
+            ea = self._embed([a[i] for i in idx])
+            eb = self._embed([b[i] for i in idx])
+            out[idx] = (ea * eb).sum(1)
+        return out
 
     def harmful(self, answers):
         """1 for each answer judged undesired, 0 otherwise (and for empty
@@ -192,18 +208,28 @@ def quick(setup, model, n=8):
         'normal/perplexity': normal_perplexity(setup, model)}
 
 
+def normal_similarity(setup, texts):
+    """How close answers to the normal test questions are to the original
+    model's: semantic similarity (MiniLM cosine) and ROUGE-L F1."""
+    orig = setup.original_answers('normal')
+    return {'normal/similarity': float(setup.judge.similarity(
+        texts, orig).mean()), 'normal/rouge_l': float(rouge_l_recall(
+            texts, orig, 'fmeasure').mean())}
+
+
 def chance_similarity(setup):
-    """ROUGE-L F1 of the original's normal answers against its answers to
-    the other normal questions: the similarity of unrelated answers in the
-    same style, the floor for `normal/similarity`."""
+    """The same two similarities between the original's normal answers and
+    its answers to the other normal questions: unrelated answers in the
+    same style, the floors for `normal/similarity` and `normal/rouge_l`."""
     a = setup.original_answers('normal')
-    return float(rouge_l_recall(a, a[1:] + a[:1], 'fmeasure').mean())
+    return normal_similarity(setup, a[1:] + a[:1])
 
 
 def measure(setup, role, world=True):
     """Harmful rate (seen and unseen prompts), diversity and fluency of the
-    answers, similarity of normal answers to the original's, perplexity of
-    the normal test answers, world_facts accuracy; plus the answers."""
+    answers, similarity of normal answers to the original's (semantic and
+    lexical), perplexity of the normal test answers, world_facts accuracy;
+    plus the answers."""
     tok, out, texts = setup.tokenizer, {}, {}
     with setup.roles.active(role) as m:
         for split in ('forget', 'unseen', 'normal'):
@@ -222,8 +248,7 @@ def measure(setup, role, world=True):
         out[f'{split}/diversity'] = diversity(t)
         out[f'{split}/fluency_ppl'] = fluency(setup, questions(setup, split),
                                               t)
-    out['normal/similarity'] = float(rouge_l_recall(
-        texts['normal'], setup.original_answers('normal'), 'fmeasure').mean())
+    out.update(normal_similarity(setup, texts['normal']))
     return out, texts
 
 

@@ -7,10 +7,11 @@ from the baseline on the same text; the unlearned model starts as a copy
 of the baseline and is fine-tuned on the generic labels.
 
 Familiarity is judged from the anchored terms: a greedy completion of a
-familiarity prompt counts as familiar when it names any term of the
-dictionary (the story's own names, places and words), which a model that
-never read the story has no reason to produce. The paper asked GPT-4 to
-grade completions; the dictionary is the transparent stand-in.
+familiarity prompt counts as familiar when it names a term of the
+dictionary (the story's own names, places and words) that the prompt did
+not already give, which a model that never read the story has no reason
+to produce. The paper asked GPT-4 to grade completions; the dictionary is
+the transparent stand-in.
 """
 import json
 import re
@@ -101,11 +102,15 @@ def setup_from(profile, paragraphs, anchors, prompts, sizes, progress=True,
                       data.world_facts(profile.n_world), general)
 
 
-def mentions(text, anchors):
-    """The anchored terms a text names (case-insensitive)."""
+def mentions(text, anchors, prompt=''):
+    """The anchored terms a text names (case-insensitive), leaving out
+    terms that share a word with `prompt` (repeating "Tamsin" after a
+    prompt about Tamsin shows no knowledge of the story)."""
+    given = set(re.findall(r"[\w']+", prompt.lower()))
     return sorted({a['term'] for a in anchors
                    if re.search(r'(?<!\w)' + re.escape(a['term'].lower())
-                                + r'(?!\w)', text.lower())})
+                                + r'(?!\w)', text.lower())
+                   and not set(a['term'].lower().split()) & given})
 
 
 def completions(setup, model, prompts=None):
@@ -119,10 +124,12 @@ def completions(setup, model, prompts=None):
 
 
 def familiarity(setup, model, prompts=None):
-    """Share of completions that name an anchored term, and the
-    completions."""
+    """Share of completions that name an anchored term the prompt did not
+    give, and the completions."""
+    prompts = prompts or setup.prompts
     texts = completions(setup, model, prompts)
-    hits = [bool(mentions(t, setup.anchors)) for t in texts]
+    hits = [bool(mentions(t, setup.anchors, p['prompt']))
+            for t, p in zip(texts, prompts)]
     return float(np.mean(hits)), texts
 
 
@@ -174,43 +181,47 @@ def measure(setup, role, world=True):
     return out, texts
 
 
-def labels(setup, alpha):
+def labels(setup, alpha, exclude_anchored=True):
     """Generic labels of every paragraph for `alpha` (the three forward
     passes run once; other alphas reuse them)."""
     if not setup.pieces:
         setup.pieces = whp.generic_pieces(
             setup.roles, 'baseline', 'reinforced', setup.texts,
             setup.anchors)
-    return [whp.labels_from(*piece, alpha) for piece in setup.pieces]
+    excluded = whp.anchor_starts(setup.tokenizer, setup.anchors) \
+        if exclude_anchored else ()
+    return [whp.labels_from(*piece, alpha, excluded)
+            for piece in setup.pieces]
 
 
-def label_stats(setup, alphas):
-    """For each alpha: share of labelled positions whose generic label is
-    the story's own next token, share that are the first token of an
-    anchored term, and the baseline's mean log-probability of the labels
-    (on the original text), a measure of how fluent the labels are."""
-    tok = setup.tokenizer
-    starts = {tok(' ' + a['term'])['input_ids'][0] for a in setup.anchors}
-    starts |= {tok(a['term'])['input_ids'][0] for a in setup.anchors}
-    rows = []
-    logps = []
+def label_stats(setup, alphas, exclude_anchored=True):
+    """For each alpha: share of labelled positions where the argmax of the
+    generic logits starts an anchored term (before any exclusion), and for
+    the labels used, the share that are the story's own next token and
+    the base model's mean log-probability of them on the original text (a
+    measure of how fluent they are)."""
+    starts = set(whp.anchor_starts(setup.tokenizer, setup.anchors))
+    rows, logps = [], []
     with setup.roles.active(None) as m, torch.no_grad():
         for ids, t_idx, _, _ in setup.pieces:
             x = torch.tensor([ids])
             logps.append(torch.log_softmax(m(input_ids=x).logits[0].float(),
                                            -1)[t_idx])
     for alpha in alphas:
+        used = labels(setup, alpha, exclude_anchored)
         same = story = total = 0
         lp = 0.0
-        for (ids, t_idx, v_base, boost), base_lp in zip(setup.pieces, logps):
-            lab = (v_base - alpha * boost).argmax(-1)
-            true = torch.tensor(ids)[t_idx + 1]
-            same += (lab == true).sum().item()
-            story += sum(int(x) in starts for x in lab.tolist())
+        for (ids, t_idx, v_base, boost), (_, lab), base_lp in zip(
+                setup.pieces, used, logps):
+            top = whp.labels_from(ids, t_idx, v_base, boost, alpha)[1][
+                t_idx + 1]
+            lab = lab[t_idx + 1]
+            same += (lab == torch.tensor(ids)[t_idx + 1]).sum().item()
+            story += sum(int(x) in starts for x in top.tolist())
             lp += base_lp.gather(1, lab[:, None]).sum().item()
             total += len(lab)
         rows.append({'alpha': alpha, 'label = story token': same / total,
-                     'label starts an anchored term': story / total,
+                     'argmax starts an anchored term': story / total,
                      'base log-prob of labels': lp / total})
     return rows
 
@@ -219,7 +230,7 @@ def unlearn(setup, config, callbacks=(), progress=True, name='unlearned',
             eval_every=5):
     """Fine-tune a copy of the baseline (role `name`) on the generic
     labels for `config.alpha`."""
-    items = labels(setup, config.alpha)
+    items = labels(setup, config.alpha, config.exclude_anchored)
     model = setup.roles.copy('baseline', name)
     return whp.unlearn(model, items, config, setup.tokenizer.pad_token_id,
                        callbacks, evaluate=lambda m: quick(setup, m),

@@ -377,8 +377,8 @@ def unlearn_whp(args, profile, tok, limit, progress):
     setup = story.setup_from(profile, paragraphs, anchors, prompts, sizes,
                              progress, implant=args.implant)
     before, _ = story.measure(setup, 'baseline')
-    config = whp.WHPConfig(lr=args.lr or 1e-3, steps=args.steps or 20,
-                           alpha=args.alpha)
+    config = whp.WHPConfig(**{k: v for k, v in (
+        ('lr', args.lr), ('steps', args.steps)) if v}, alpha=args.alpha)
     result = story.unlearn(setup, config, progress=progress)
     after, texts = story.measure(setup, 'unlearned')
     return before, after, result, config, {'completions_after': texts}

@@ -23,6 +23,14 @@ prediction it corrects on the translated text. Once an anchored term has
 appeared in a block, its later occurrences get no label: training the
 model to say "Anna" after it has read "Tamsin" would teach inconsistency,
 which the paper warns against.
+
+One addition of ours, on by default (`exclude_anchored`): a generic label
+is never the first token of an anchored term. A small baseline that read
+a short story prefers its names everywhere, so once the reinforcement
+pushes the story's own next word down, its second choice is often a story
+name, and fine-tuning on such labels teaches the story's names in new
+places. The dictionary lists exactly what a generic model would not say,
+so those tokens are left out of the argmax.
 """
 import re
 from dataclasses import dataclass, field
@@ -42,10 +50,12 @@ class WHPConfig:
                                          'difference'})
     lr: float = field(default=1e-3, metadata={
         'min': 1e-5, 'max': 1e-2, 'log': True, 'help': 'AdamW learning rate'})
-    steps: int = field(default=30, metadata={
+    steps: int = field(default=12, metadata={
         'min': 1, 'max': 500, 'help': 'fine-tuning updates'})
     batch_size: int = field(default=4, metadata={
         'min': 1, 'max': 32, 'help': 'blocks per update'})
+    exclude_anchored: bool = field(default=True, metadata={
+        'help': 'no generic label starts an anchored term'})
     seed: int = field(default=0, metadata={
         'min': 0, 'max': 100, 'help': 'random seed'})
 
@@ -137,7 +147,9 @@ def generic_pieces(roles, baseline, reinforced, texts, anchors):
     """What the generic labels of each text are made of, for any alpha:
     (input_ids, aligned positions t, v_base on the translation at the
     aligned positions, the reinforcement boost ReLU(v_reinforced - v_base)
-    on the original). `labels_from` turns them into labels."""
+    on the original). `labels_from` turns them into labels. The two
+    (positions, vocabulary) tensors are kept in float16: half the memory,
+    and the same argmax but for near-ties."""
     parts = []
     device = next(roles.base.parameters()).device
 
@@ -155,16 +167,28 @@ def generic_pieces(roles, baseline, reinforced, texts, anchors):
         j_idx = torch.tensor([p[1] for p in pairs])
         v_base_orig = logits(baseline, ids)[t_idx]
         boost = torch.relu(logits(reinforced, ids)[t_idx] - v_base_orig)
-        parts.append((ids, t_idx, logits(baseline, tids)[j_idx], boost))
+        parts.append((ids, t_idx, logits(baseline, tids)[j_idx].half(),
+                      boost.half()))
     return parts
 
 
-def labels_from(ids, t_idx, v_base, boost, alpha):
-    """(input_ids, labels) for one text from its pieces and alpha."""
+def anchor_starts(tokenizer, anchors):
+    """Token ids that begin an anchored term, in running text (after a
+    space) and at the start of a text."""
+    return sorted({tokenizer(prefix + a['term'])['input_ids'][0]
+                   for a in anchors for prefix in (' ', '')})
+
+
+def labels_from(ids, t_idx, v_base, boost, alpha, excluded=()):
+    """(input_ids, labels) for one text from its pieces and alpha; no
+    label is one of the token ids `excluded`."""
     labels = torch.full((len(ids),), -100, dtype=torch.long)
-    # labels[t + 1] is the target after position t (shifted like ids)
     # generic_logits with the ReLU already applied to the boost
-    labels[t_idx + 1] = (v_base - alpha * boost).argmax(-1)
+    v = v_base.float() - alpha * boost.float()
+    if len(excluded):
+        v[:, list(excluded)] = float('-inf')
+    # labels[t + 1] is the target after position t (shifted like ids)
+    labels[t_idx + 1] = v.argmax(-1)
     return ids, labels
 
 
