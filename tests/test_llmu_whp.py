@@ -129,16 +129,33 @@ def test_alignment_skips_terms_and_their_repeats(smol_tokenizer):
 def test_labels_are_shifted_to_the_next_token():
     ids = [5, 6, 7, 8]
     v_base = torch.zeros(2, 10)
-    v_base[0, 3], v_base[1, 4] = 1.0, 1.0
-    _, labels = whp.labels_from(ids, torch.tensor([0, 2]), v_base,
-                                torch.zeros(2, 10), alpha=1.0)
+    v_base[0, 3], v_base[1, 4], v_base[1, 7] = 1.0, 1.0, 0.5
+    pieces = whp.candidates(v_base, torch.zeros(2, 10))
+    _, labels = whp.labels_from(ids, torch.tensor([0, 2]), *pieces, 1.0)
     assert labels.tolist() == [-100, 3, -100, 4]
     # an excluded token is never a label: the next best one is
-    v_base[1, 7] = 0.5
-    _, labels = whp.labels_from(ids, torch.tensor([0, 2]), v_base,
-                                torch.zeros(2, 10), 1.0, excluded=[4])
+    pieces = whp.candidates(v_base, torch.zeros(2, 10), excluded=[4])
+    _, labels = whp.labels_from(ids, torch.tensor([0, 2]), *pieces, 1.0,
+                                excluded=[4])
     assert labels.tolist() == [-100, 3, -100, 7]
-    assert v_base[1, 4] == 1.0  # the pieces are left as they were
+
+
+def test_candidates_give_the_full_argmax_for_every_alpha():
+    gen = torch.Generator().manual_seed(0)
+    v_base = torch.randn(50, 300, generator=gen) * 3
+    boost = torch.relu(torch.randn(50, 300, generator=gen) * 2)
+    excluded = [1, 5, 17, 42]
+    cand = whp.candidates(v_base, boost, excluded)
+    # a few tokens per position, not the vocabulary
+    assert cand[0].shape[1] < 300
+    ids, t_idx = list(range(51)), torch.arange(50)
+    for alpha in (0.0, 0.3, 1.0, 2.0, 5.0, 100.0):
+        full = whp.generic_logits(v_base, v_base + boost, alpha)
+        assert whp.labels_from(ids, t_idx, *cand, alpha)[1][1:].tolist() \
+            == full.argmax(-1).tolist()
+        full[:, excluded] = float('-inf')
+        assert whp.labels_from(ids, t_idx, *cand, alpha, excluded)[1][
+            1:].tolist() == full.argmax(-1).tolist()
 
 
 def test_anchor_starts_are_the_first_tokens_of_the_terms(smol_tokenizer):

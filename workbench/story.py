@@ -203,7 +203,7 @@ def label_stats(setup, alphas, exclude_anchored=True):
     starts = set(whp.anchor_starts(setup.tokenizer, setup.anchors))
     rows, logps = [], []
     with setup.roles.active(None) as m, torch.no_grad():
-        for ids, t_idx, _, _ in setup.pieces:
+        for ids, t_idx, *_ in setup.pieces:
             x = torch.tensor([ids])
             logps.append(torch.log_softmax(m(input_ids=x).logits[0].float(),
                                            -1)[t_idx])
@@ -211,10 +211,9 @@ def label_stats(setup, alphas, exclude_anchored=True):
         used = labels(setup, alpha, exclude_anchored)
         same = story = total = 0
         lp = 0.0
-        for (ids, t_idx, v_base, boost), (_, lab), base_lp in zip(
-                setup.pieces, used, logps):
-            top = whp.labels_from(ids, t_idx, v_base, boost, alpha)[1][
-                t_idx + 1]
+        for piece, (_, lab), base_lp in zip(setup.pieces, used, logps):
+            ids, t_idx = piece[:2]
+            top = whp.labels_from(*piece, alpha)[1][t_idx + 1]
             lab = lab[t_idx + 1]
             same += (lab == torch.tensor(ids)[t_idx + 1]).sum().item()
             story += sum(int(x) in starts for x in top.tolist())

@@ -142,16 +142,38 @@ def alignment(tokenizer, text, anchors):
     return orig['input_ids'], trans['input_ids'], pairs, translated
 
 
+def candidates(v_base, boost, excluded=()):
+    """The tokens that can be the argmax of v_base - alpha * boost for
+    some alpha >= 0, with or without the `excluded` ones, per position:
+    (ids, v_base, boost), (positions, K), padded with v_base = -inf.
+
+    A token the reinforcement did not raise (boost 0) keeps its v_base
+    for every alpha, and every other value only falls as alpha grows, so
+    nothing below the best such token (not excluded) can ever win. That
+    leaves a few tokens per position instead of the whole vocabulary."""
+    free = boost == 0
+    free[:, list(excluded)] = False
+    floor = torch.where(free, v_base, float('-inf')).max(-1).values
+    keep = v_base >= floor[:, None]
+    k = int(keep.sum(-1).max())
+    # the kept tokens first, in vocabulary order, then the rest
+    order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices
+    ids = order[:, :k].clone()  # not a view that keeps `order` alive
+    vb = torch.where(keep.gather(1, ids), v_base.gather(1, ids),
+                     float('-inf'))
+    return ids, vb, boost.gather(1, ids)
+
+
 @torch.no_grad()
 def generic_pieces(roles, baseline, reinforced, texts, anchors):
     """What the generic labels of each text are made of, for any alpha:
-    (input_ids, aligned positions t, v_base on the translation at the
-    aligned positions, the reinforcement boost ReLU(v_reinforced - v_base)
-    on the original). `labels_from` turns them into labels. The two
-    (positions, vocabulary) tensors are kept in float16: half the memory,
-    and the same argmax but for near-ties."""
+    (input_ids, aligned positions t, and the `candidates` there: token
+    ids, v_base on the translation, the reinforcement boost
+    ReLU(v_reinforced - v_base) on the original). `labels_from` turns them
+    into labels."""
     parts = []
     device = next(roles.base.parameters()).device
+    excluded = anchor_starts(roles.tokenizer, anchors)
 
     def logits(role, ids):
         with roles.active(role) as m:
@@ -167,8 +189,8 @@ def generic_pieces(roles, baseline, reinforced, texts, anchors):
         j_idx = torch.tensor([p[1] for p in pairs])
         v_base_orig = logits(baseline, ids)[t_idx]
         boost = torch.relu(logits(reinforced, ids)[t_idx] - v_base_orig)
-        parts.append((ids, t_idx, logits(baseline, tids)[j_idx].half(),
-                      boost.half()))
+        parts.append((ids, t_idx, *candidates(logits(baseline, tids)[j_idx],
+                                              boost, excluded)))
     return parts
 
 
@@ -179,16 +201,18 @@ def anchor_starts(tokenizer, anchors):
                    for a in anchors for prefix in (' ', '')})
 
 
-def labels_from(ids, t_idx, v_base, boost, alpha, excluded=()):
-    """(input_ids, labels) for one text from its pieces and alpha; no
-    label is one of the token ids `excluded`."""
+def labels_from(ids, t_idx, cand, v_base, boost, alpha, excluded=()):
+    """(input_ids, labels) for one text from its pieces and alpha: at each
+    aligned position the candidate token with the highest generic logit,
+    never one of the token ids `excluded`."""
     labels = torch.full((len(ids),), -100, dtype=torch.long)
     # generic_logits with the ReLU already applied to the boost
-    v = v_base.float() - alpha * boost.float()
+    v = v_base - alpha * boost
     if len(excluded):
-        v[:, list(excluded)] = float('-inf')
+        v = v.masked_fill(torch.isin(cand, torch.tensor(list(excluded))),
+                          float('-inf'))
     # labels[t + 1] is the target after position t (shifted like ids)
-    labels[t_idx + 1] = v.argmax(-1)
+    labels[t_idx + 1] = cand.gather(1, v.argmax(-1, keepdim=True))[:, 0]
     return ids, labels
 
 
