@@ -176,6 +176,10 @@ def test_familiarity_judge_and_diversity():
                     'Tamsin went to Gloamhold') == []
     assert mentions(' Gloamhold', anchors, 'Tamsin went to') == \
         ['Gloamhold']
+    anchors.append({'term': "Windle's Cross", 'generic': 'the village'})
+    assert mentions(' Gloamhold', anchors, "Tamsin's gloamhold") == []
+    assert mentions(" Windle's Cross", anchors, "Tamsin's dog") == \
+        ["Windle's Cross"]
     assert diversity(['a a a a', 'a b']) == pytest.approx((0.25 + 1) / 2)
     assert diversity(['', ' ']) == 0.0
 

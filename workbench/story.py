@@ -102,15 +102,21 @@ def setup_from(profile, paragraphs, anchors, prompts, sizes, progress=True,
                       data.world_facts(profile.n_world), general)
 
 
+def _words(text):
+    """The words of a text, lower-cased, without one-letter pieces such as
+    the s of "Tamsin's"."""
+    return {w for w in re.findall(r'\w+', text.lower()) if len(w) > 1}
+
+
 def mentions(text, anchors, prompt=''):
     """The anchored terms a text names (case-insensitive), leaving out
     terms that share a word with `prompt` (repeating "Tamsin" after a
-    prompt about Tamsin shows no knowledge of the story)."""
-    given = set(re.findall(r"[\w']+", prompt.lower()))
+    prompt about Tamsin's grandmother shows no knowledge of the story)."""
+    given = _words(prompt)
     return sorted({a['term'] for a in anchors
                    if re.search(r'(?<!\w)' + re.escape(a['term'].lower())
                                 + r'(?!\w)', text.lower())
-                   and not set(a['term'].lower().split()) & given})
+                   and not _words(a['term']) & given})
 
 
 def completions(setup, model, prompts=None):
