@@ -238,8 +238,9 @@ def test_whp_lowers_familiarity(smoke_record):
     # the baseline knows the story far better than the base model ...
     assert fam['before'] > thr['base/familiarity'] + 0.3
     assert p['before'] > 10 * thr['base/next_token_probability']
-    # ... and after fine-tuning on generic labels, less so
-    assert fam['after'] < fam['before']
+    # ... and after fine-tuning on generic labels, far less so (without
+    # the anchored-term exclusion it fell only by a quarter on smoke)
+    assert fam['after'] < 0.5 * fam['before']
     assert p['after'] < 0.7 * p['before']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims['familiarity_drops']
