@@ -12,11 +12,9 @@ Two facts make it fast and still exact:
   prefix is ever encoded twice; they are batched and decoded plain greedy
   for a fixed length (no EOS stop, no EOS masking).
 """
-import copy
-
 import torch
 
-from .likelihood import _device, token_stats
+from .likelihood import _device, rows_cache, token_stats
 
 
 def _rows(input_ids, attention_mask):
@@ -119,10 +117,10 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
             idx = torch.tensor([where[jobs[j][0]] for j in chunk],
                                device=device)
             m = torch.tensor([jobs[j][1] for j in chunk], device=device)
-            past = None
-            if cache is not None:
-                past = copy.deepcopy(cache)  # one copy per job: each
-                past.reorder_cache(idx)  # appends its own tokens
+            # one copy of its row's cache per job, each appending its own
+            # tokens, with room for the longest continuation of the chunk
+            past = None if cache is None else rows_cache(
+                cache, idx, max(jobs[j][2] for j in chunk))
             mask = (torch.arange(width, device=device)[None]
                     < (m - 1)[:, None]).long()
             token = ids[idx, m - 1]

@@ -6,17 +6,67 @@ score means "looks less like a member", and the AUC labels the forget set 0
 and the holdout set 1, so AUC = 1 when the forget set is far more likely
 than the holdout set and 0.5 when they are indistinguishable.
 """
-import copy
 import math
 import zlib
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def _device(model):
     return next(model.parameters()).device
+
+
+class _RoomyLayer(DynamicLayer):
+    """A cache layer preallocated for `room` more positions.
+
+    A `DynamicLayer` concatenates at every step, which allocates and copies
+    the whole cache each time (and, on CPU, faults in its pages afresh);
+    this one writes new keys and values in place and hands attention a view
+    of the filled part, the same values in the same shape.
+    """
+
+    def __init__(self, keys, values, room):
+        super().__init__()
+        b, h, n, _ = keys.shape
+        self._k = keys.new_empty((b, h, n + room, keys.shape[-1]))
+        self._v = values.new_empty((b, h, n + room, values.shape[-1]))
+        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        self.length, self.device, self.is_initialized = n, keys.device, True
+        self._view()
+
+    def _view(self):
+        self.keys = self._k[:, :, :self.length]
+        self.values = self._v[:, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.length + n > self._k.shape[2]:
+            raise ValueError('the cache has no room for more positions')
+        self._k[:, :, self.length:self.length + n] = key_states
+        self._v[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self._view()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices):
+        k = len(indices)
+        if torch.equal(indices.cpu(), torch.arange(k)):  # the first k rows:
+            self._k, self._v = self._k[:k], self._v[:k]  # a view, no copy
+        else:
+            self._k, self._v = self._k[indices], self._v[indices]
+        self._view()
+
+
+def rows_cache(cache, rows, room):
+    """A new cache holding rows `rows` of `cache` (a `DynamicCache` after a
+    prefill), with room for `room` more positions per row."""
+    out = DynamicCache()
+    out.layers = [_RoomyLayer(layer.keys[rows], layer.values[rows], room)
+                  for layer in cache.layers]
+    return out
 
 
 @torch.no_grad()
@@ -215,10 +265,7 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
             rows = torch.tensor([j for j, _, _ in chunk], device=device)
             start = torch.tensor([len(prompts[i]) - 1 for _, i, _ in chunk],
                                  device=device)
-            past = None
-            if cache is not None:
-                past = copy.deepcopy(cache)
-                past.reorder_cache(rows)
+            past = None if cache is None else rows_cache(cache, rows, L)
             logits = model(input_ids=x,
                            attention_mask=torch.cat([am[rows], xm], 1),
                            position_ids=start[:, None] + torch.arange(
