@@ -5,13 +5,23 @@ they share: run profiles, model loading, data, the training loop, metrics,
 live figures and the results record.
 """
 import ctypes
+import functools
+import os
 import sys
+import threading
 
 __version__ = '0.1.0'
 
 
 class WorkbenchError(Exception):
     """An error the user can fix; the CLI prints it as one line."""
+
+
+_LIBC = None  # glibc, on Linux
+_MMAP_THRESHOLD = 1 << 16  # the fixed mmap threshold (bytes) while training
+_MEASURING_THRESHOLD = 32 << 20  # ... and inside `measuring`
+_depth = 0
+_lock = threading.Lock()
 
 
 def _malloc_settings():
@@ -23,18 +33,52 @@ def _malloc_settings():
     their own mapping, and up to WORKBENCH_TRIM_THRESHOLD bytes of free
     heap are kept for reuse rather than returned and faulted in again.
     """
-    import os
+    global _LIBC, _MMAP_THRESHOLD
     if not sys.platform.startswith('linux'):
         return
     try:
         libc = ctypes.CDLL('libc.so.6')
-        libc.mallopt(-3, int(os.environ.get(  # M_MMAP_THRESHOLD
-            'WORKBENCH_MMAP_THRESHOLD', 1 << 16)))
+        _MMAP_THRESHOLD = int(os.environ.get('WORKBENCH_MMAP_THRESHOLD',
+                                             _MMAP_THRESHOLD))
+        libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
         if os.environ.get('WORKBENCH_TRIM_THRESHOLD'):
             libc.mallopt(-1, int(os.environ[  # M_TRIM_THRESHOLD
                 'WORKBENCH_TRIM_THRESHOLD']))
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        _LIBC = libc
     except (OSError, AttributeError, ValueError):
         pass
+
+
+def measuring(fn):
+    """Run `fn` (a no-grad measurement) with heap reuse for large blocks.
+
+    A measurement allocates and frees the same large tensors over and over
+    (logits, attention temporaries); each block of the training setting's
+    size gets a fresh mapping, faulted in page by page, which took about a
+    third of the CPU time of an evaluation on 2 cores. Inside, blocks up to
+    32 MiB come from the heap and are reused; on leaving, the threshold
+    goes back and the heap's free pages are returned (`malloc_trim`), so
+    training starts from what it had. Nested calls share the outermost.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        global _depth
+        if _LIBC is None:
+            return fn(*args, **kwargs)
+        with _lock:
+            _depth += 1
+            if _depth == 1:
+                _LIBC.mallopt(-3, max(_MMAP_THRESHOLD, _MEASURING_THRESHOLD))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    _LIBC.mallopt(-3, _MMAP_THRESHOLD)
+                    _LIBC.malloc_trim(0)
+    return wrapper
 
 
 _malloc_settings()

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, metrics, models
+from . import data, measuring, metrics, models
 from .implant import implant
 from .profiles import get_profile
 
@@ -98,6 +98,7 @@ def trainable(setup):
     return m
 
 
+@measuring
 def quick_metrics(setup, model, forget=None, world=0, el=True, retain=True,
                   forget_stats=None):
     """Cheap per-step numbers: forget MA; retain MA and perplexity; forget
@@ -141,6 +142,7 @@ def forget_el(setup, model, forget=None, stats=None):
         stats=stats).mean().item()
 
 
+@measuring
 def measure(setup, model, known=None):
     """Everything reported before and after: EL_n, MA, perplexity, world
     facts accuracy.
@@ -236,6 +238,7 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
     return out
 
 
+@measuring
 def span_metrics(setup, model, tokens, mask, n=2, stats=None,
                  el_below=None):
     """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
@@ -253,6 +256,7 @@ def span_metrics(setup, model, tokens, mask, n=2, stats=None,
     return out
 
 
+@measuring
 def span_quick_metrics(setup, model, mask, n=2, world=0, thresholds=None):
     """Per-step numbers of span unlearning: forget S-MA and S-EL_n on the
     spans of `mask`, forget MA, retain MA and perplexity (no full EL).

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from . import measuring
 from .models import load_trainable_state, trainable_state
 
 
@@ -69,13 +70,16 @@ def token_logprobs(model, batch):
     ids, am = batch['input_ids'], batch['attention_mask']
     device = next(model.parameters()).device
     ids, am = ids.to(device), am.to(device)
-    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=am).logits
     mask = am[:, 1:].bool() & am[:, :-1].bool()
     if 'target_mask' in batch:
         mask &= batch['target_mask'][:, 1:].to(device).bool()
+    # every position against the next token (the last against none), so
+    # the logits go in as they are, not as a copy of all but the last
+    target = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
     logp = -torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-        reduction='none').view(mask.shape)
+        logits.float().flatten(0, 1), target.flatten(),
+        reduction='none').view(ids.shape)[:, :-1]
     return logp, mask
 
 
@@ -148,7 +152,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
         nonlocal good
         was_training = model.training
         model.eval()
-        metrics = evaluate(model) if evaluate else {}
+        metrics = measuring(evaluate)(model) if evaluate else {}
         model.train(was_training)
         emit({'step': step, 'kind': 'eval', **metrics})
         value = metrics.get(config.guard_key)

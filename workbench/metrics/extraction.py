@@ -14,6 +14,7 @@ Two facts make it fast and still exact:
 """
 import torch
 
+from .. import measuring
 from .likelihood import _device, rows_cache, token_stats
 
 
@@ -39,6 +40,7 @@ def memorization_accuracy(model, input_ids, attention_mask=None,
     return (s['hit'] & m).sum(1) / m.sum(1).clamp(min=1)
 
 
+@measuring
 @torch.no_grad()
 def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
     """Greedy continuation of each prefix for exactly `lengths[i]` tokens.
@@ -79,6 +81,7 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
     return out
 
 
+@measuring
 @torch.no_grad()
 def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
                   max_tokens=8192):

@@ -14,6 +14,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .. import measuring
+
 
 def _device(model):
     return next(model.parameters()).device
@@ -69,6 +71,7 @@ def rows_cache(cache, rows, room):
     return out
 
 
+@measuring
 @torch.no_grad()
 def token_stats(model, input_ids, attention_mask=None, batch_size=None,
                 vocab_stats=False, max_tokens=512):
@@ -213,6 +216,7 @@ def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
     return out
 
 
+@measuring
 @torch.no_grad()
 def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
     """log p(c_j | prompt, c_<j) of every token of every continuation, with
