@@ -221,3 +221,58 @@ def test_token_stats_in_length_order_equal_one_row_at_a_time(tiny):
             for k, tol in (('logprob', 1e-5), ('mu', 1e-5), ('sigma', 1e-3)):
                 assert torch.allclose(s[k][i, :n - 1], one[k][0], atol=tol)
             assert torch.equal(s['hit'][i, :n - 1], one['hit'][0])
+
+
+def _decode(model, cache, first, steps, select=None):
+    """Greedy steps from `cache`; `select` (step, rows) drops rows once."""
+    token, out, mask_len = first, [], cache.get_seq_length()
+    for s in range(steps):
+        if select and s == select[0]:
+            cache.batch_select_indices(select[1])
+            token = token[select[1]]
+            out = [o[select[1]] for o in out]
+        mask_len += 1
+        mask = torch.ones((len(token), mask_len), dtype=torch.long)
+        res = model(input_ids=token[:, None], attention_mask=mask,
+                    past_key_values=cache, use_cache=True)
+        cache = res.past_key_values
+        out.append(res.logits[:, -1])
+        token = res.logits[:, -1].argmax(-1)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize('select', [None, torch.tensor([0, 1]),
+                                    torch.tensor([2, 0])])
+@torch.no_grad()
+def test_rows_cache_decodes_as_a_copied_cache(tiny, select):
+    import copy
+    from workbench.metrics.likelihood import rows_cache
+    torch.manual_seed(0)
+    ids = torch.randint(1, 64, (2, 9))
+    cache = tiny(input_ids=ids, use_cache=True).past_key_values
+    rows = torch.tensor([1, 0, 1])
+    plain = copy.deepcopy(cache)
+    plain.reorder_cache(rows)
+    first = ids[rows, -1]
+    sel = None if select is None else (3, select)
+    want = _decode(tiny, plain, first, 6, sel)
+    got = _decode(tiny, rows_cache(cache, rows, 6), first, 6, sel)
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match='no room'):
+        _decode(tiny, rows_cache(cache, rows, 2), first, 3)
+
+
+def test_el_on_a_sliding_window_model_equals_the_naive_loop():
+    from transformers import MistralConfig, MistralForCausalLM
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=128, sliding_window=64,
+        pad_token_id=0)).eval()
+    ids = torch.randint(1, 64, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    fast = metrics.extraction_likelihood(model, ids, 2, 2, mask)
+    naive = metrics.extraction_likelihood_naive(model, ids, 2, 2, mask)
+    assert torch.equal(fast, naive)

@@ -6,6 +6,7 @@ score means "looks less like a member", and the AUC labels the forget set 0
 and the holdout set 1, so AUC = 1 when the forget set is far more likely
 than the holdout set and 0.5 when they are indistinguishable.
 """
+import copy
 import math
 import zlib
 
@@ -64,7 +65,12 @@ class _RoomyLayer(DynamicLayer):
 
 def rows_cache(cache, rows, room):
     """A new cache holding rows `rows` of `cache` (a `DynamicCache` after a
-    prefill), with room for `room` more positions per row."""
+    prefill), with room for `room` more positions per row. Layers of other
+    kinds (a sliding window, say) are copied as they are."""
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        out = copy.deepcopy(cache)
+        out.reorder_cache(rows)
+        return out
     out = DynamicCache()
     out.layers = [_RoomyLayer(layer.keys[rows], layer.values[rows], room)
                   for layer in cache.layers]
