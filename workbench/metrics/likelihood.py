@@ -62,6 +62,8 @@ class _RoomyLayer(DynamicLayer):
             self._k, self._v = self._k[indices], self._v[indices]
         self._view()
 
+    reorder_cache = batch_select_indices  # the buffers move with the rows
+
 
 def rows_cache(cache, rows, room):
     """A new cache holding rows `rows` of `cache` (a `DynamicCache` after a
