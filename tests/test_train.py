@@ -1,6 +1,7 @@
 """The training loop: it trains, stops, guards, restores, and repeats."""
 import math
 
+import pytest
 import torch
 
 from conftest import tiny_llama
@@ -124,3 +125,29 @@ def test_a_list_of_loss_terms_trains_as_their_sum():
         assert (weights[-1] - start).abs().max() > 0.05
     assert torch.allclose(*weights, atol=1e-6)
     assert result.events[0]['loss'] > 0
+
+
+def test_measuring_nests_and_always_restores():
+    import workbench
+    calls = []
+
+    @workbench.measuring
+    def inner(x):
+        calls.append(workbench._depth)
+        return x + 1
+
+    @workbench.measuring
+    def outer(x):
+        calls.append(workbench._depth)
+        return inner(x)
+
+    @workbench.measuring
+    def fails():
+        raise RuntimeError('boom')
+
+    assert outer(1) == 2
+    expected = [1, 2] if workbench._LIBC is not None else [0, 0]
+    assert calls == expected
+    with pytest.raises(RuntimeError, match='boom'):
+        fails()
+    assert workbench._depth == 0
