@@ -128,3 +128,23 @@ def test_seul_forgets_the_spans_more_than_the_rest(tiny):
         seul.unlearn(tiny, data, cfg, progress=False)
     with pytest.raises(WorkbenchError):
         seul.SeULConfig(quantile=0.0)
+
+
+def test_ascent_share_on_spans_is_the_share_of_the_logit_gradient(tiny):
+    """The share equals the L1 norm of autograd's gradient of the summed
+    token log-probabilities at the logits, span targets over all."""
+    from workbench.metrics import token_stats
+    data = _data(n=3, T=10)
+    span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
+    span[:, 2:5] = True
+    logits = tiny(input_ids=data['input_ids']).logits.detach()
+    logits.requires_grad_(True)
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(
+        -1, data['input_ids'][:, 1:, None]).sum()
+    logp.backward()
+    norm = logits.grad[:, :-1].abs().sum(-1)  # per target x_1..x_T-1
+    expected = (norm * span[:, 1:]).sum() / norm.sum()
+    stats = token_stats(tiny, data['input_ids'], data['attention_mask'])
+    share = seul.ascent_share_on_spans(stats, span)
+    assert share == pytest.approx(expected.item(), rel=1e-4)
+    assert 0 < share < 1

@@ -1,26 +1,41 @@
-"""Notebook 07 headless on the smoke profile: SeUL forgets the spans and
-keeps more than full-sequence gradient ascent."""
+"""Notebook 07 headless on the smoke profile: SeUL forgets the spans while
+keeping a stated share of utility, and is compared with full-sequence
+gradient ascent at equal forgetting."""
 import pytest
 
 
 @pytest.mark.notebooks
 def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     rec = smoke_record('07_selective_forgetting')
-    m, thr = rec['metrics'], rec['thresholds']
+    m, thr, run = rec['metrics'], rec['thresholds'], rec['run']
     # the annotation is precise, and finds most true details
     assert rec['annotation']['precision']['forget'] > 0.95
     assert rec['annotation']['recall']['forget'] > 0.7
-    # the spans were memorised, then forgotten to the unseen level
-    assert m['forget/S-MA']['before'] > thr['S-MA'] + 0.2
-    assert m['forget/S-MA']['after'] <= thr['S-MA']
+    # the spans were memorised, then forgotten: S-EL to the unseen level,
+    # S-MA at least nine tenths of the way there (the last hundredths can
+    # take the divergence guard's steps; the claim says which happened)
+    sma = m['forget/S-MA']
+    assert sma['before'] > thr['S-MA'] + 0.2
+    assert sma['after'] <= thr['S-MA'] + 0.1 * (sma['before'] - thr['S-MA'])
     assert m['forget/S-EL_2']['after'] <= thr['S-EL_2']
-    # the template words went less than under full-sequence ascent
-    ga = rec['ga_after']
-    assert m['forget/MA']['after'] > ga['forget/MA']
-    assert m['retain/MA']['after'] > ga['retain/MA']
-    # and general knowledge kept a stated share
+    # and utility kept a stated share
+    assert m['retain/MA']['after'] > 0.5 * m['retain/MA']['before']
     assert m['world_facts/accuracy']['after'] > \
         0.8 * m['world_facts/accuracy']['before']
-    claims = {c['id']: c['holds'] for c in rec['claims']}
-    assert claims == {'spans_forgotten': True,
-                      'seul_keeps_more_utility_than_ga': True}
+    # gradient ascent was stopped at the very span forgetting SeUL reached
+    ga, level = rec['ga_after'], run['ga_level']
+    assert level['S-MA'] == pytest.approx(max(thr['S-MA'], sma['after']))
+    assert run['ga_status'] == 'stopped'
+    assert ga['forget/S-MA'] <= level['S-MA']
+    assert ga['forget/S-EL_2'] <= level['S-EL_2']
+    # on these bios, full-sequence ascent's first gradient is almost all
+    # on the details already (why the two keep about the same here)
+    assert run['ga_gradient_on_spans'] > 0.8 > run['span_token_share']
+    claims = {c['id']: c for c in rec['claims']}
+    keeps = claims['seul_keeps_more_utility_than_ga']['holds']
+    assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
+                     and m['world_facts/accuracy']['after']
+                     >= ga['world_facts/accuracy'])
+    assert claims['spans_forgotten']['holds'] == (
+        sma['after'] <= thr['S-MA']
+        and m['forget/S-EL_2']['after'] <= thr['S-EL_2'])

@@ -119,6 +119,20 @@ def current_selection_loss(config):
     return loss
 
 
+def ascent_share_on_spans(stats, span_mask):
+    """The share of full-sequence gradient ascent's gradient that already
+    falls on the span tokens: how different SeUL's update can be at all.
+
+    `stats` is `metrics.token_stats` of the texts (log-probabilities of the
+    targets x_1..x_T-1 and their mask), `span_mask` (B, T) the span tokens.
+    """
+    # d log p(x_t) / d z_t = onehot(x_t) - softmax(z_t), whose L1 norm is
+    # 2 (1 - p(x_t)): a memorised token (p near 1) gets almost no gradient
+    weight = (1 - stats['logprob'].exp()) * stats['mask']
+    on_spans = weight * span_mask[:, 1:].to(weight.dtype)
+    return (on_spans.sum() / weight.sum().clamp(min=1e-12)).item()
+
+
 def original_selection(model, forget, config):
     """The spans the model selects before unlearning: (B, T) bool, aligned
     with `forget['input_ids']` (position 0 never selected)."""
