@@ -102,3 +102,36 @@ def test_never_learned_forget_set_is_refused():
 def test_bad_ga_config_is_refused():
     with pytest.raises(WorkbenchError):
         ga.GAConfig(lr=-1.0)
+
+
+def test_implanted_models_measurements_are_cached_until_it_trains(
+        tiny_model_dir, cache, monkeypatch):
+    """The implanted model's "before" numbers come back from beside its
+    weights, equal; once a trainable model is made from it, or the code
+    changes, they are measured again."""
+    from workbench import experiment, metrics
+    p = tiny_profile(tiny_model_dir, n_world=4)
+    rows = {'forget': [{'text': TEXTS[0]}], 'retain': [{'text': TEXTS[1]}],
+            'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
+    setup = experiment.setup_from_rows(p, rows, progress=False)
+    calls = []
+    real = metrics.multiple_choice_accuracy
+    monkeypatch.setattr(metrics, 'multiple_choice_accuracy',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    mask = torch.zeros_like(setup.tokens['forget']['input_ids'],
+                            dtype=torch.bool)
+    mask[:, 3:6] = True
+    first = experiment.measure(setup, setup.model)
+    spans = experiment.span_metrics(setup, setup.model,
+                                    setup.tokens['forget'], mask)
+    assert calls == [1]
+    assert experiment.measure(setup, setup.model) == first
+    assert experiment.span_metrics(setup, setup.model,
+                                   setup.tokens['forget'], mask) == spans
+    assert calls == [1]
+    monkeypatch.setattr(experiment, '_code_version', lambda: 'edited')
+    assert experiment.measure(setup, setup.model) == first
+    assert calls == [1, 1]
+    experiment.trainable(setup)
+    experiment.measure(setup, setup.model)
+    assert calls == [1, 1, 1]

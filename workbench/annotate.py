@@ -21,7 +21,7 @@ import re
 import torch
 
 from .metrics import greedy_continue
-from .paths import cache_dir
+from .paths import atomic_write, cache_dir
 
 PROMPT_VERSION = 1
 MONTHS = ('January|February|March|April|May|June|July|August|September|'
@@ -174,5 +174,5 @@ def annotate(texts, model=None, tokenizer=None, model_name='', cache=True,
     out = {'spans': spans, 'report': report}
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out))
+        atomic_write(path, json.dumps(out))
     return out

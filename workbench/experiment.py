@@ -5,6 +5,7 @@ profile's model (cached), tokenises the splits, and measures the forgetting
 thresholds on people the model never saw. `measure(setup, model)` gives the
 numbers every notebook reports before and after a method.
 """
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from . import data, measuring, metrics, models
 from .implant import implant
+from .paths import atomic_write, cache_lock
 from .profiles import get_profile
 
 
@@ -32,19 +34,62 @@ class Setup:
         return f'EL_{self.profile.el_n}'
 
 
+@functools.lru_cache(maxsize=None)
+def _code_version():
+    """Hash of the workbench's source: a cached measurement is redone as
+    soon as any code that could change it changes."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob('*.py')):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cached(entry, name, parts, compute):
+    """`compute()` (a dict of numbers), cached in `entry`/measured.json under
+    a hash of `name`, `parts` (plain data) and the workbench's code."""
+    blob = json.dumps([name, _code_version(), parts]).encode()
+    key = hashlib.sha256(blob).hexdigest()[:16]
+    path = Path(entry) / 'measured.json'
+
+    def read():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+    value = read().get(key)
+    if value is None:
+        value = compute()
+        with cache_lock(f'measured-{Path(entry).name}'):
+            known = read()  # another process may have added its own
+            known[key] = value
+            atomic_write(path, json.dumps(known))
+    return dict(value)
+
+
 def _thresholds(model, tokens, profile, entry):
     """Forgetting thresholds, cached beside the implanted weights."""
-    blob = json.dumps([profile.el_n, profile.el_stride,
-                       tokens['input_ids'].tolist()]).encode()
-    key = hashlib.sha256(blob).hexdigest()[:16]
-    path = Path(entry) / 'thresholds.json'
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if key not in known:
-        known[key] = metrics.forgetting_thresholds(
+    return _cached(entry, 'thresholds', [
+        profile.el_n, profile.el_stride, tokens['input_ids'].tolist(),
+        tokens['attention_mask'].tolist()],
+        lambda: metrics.forgetting_thresholds(
             model, tokens['input_ids'], tokens['attention_mask'],
-            profile.el_n, profile.el_stride)
-        path.write_text(json.dumps(known))
-    return known[key]
+            profile.el_n, profile.el_stride))
+
+
+def _implanted_entry(setup, model):
+    """The implant's cache folder when `model` is the implanted model as it
+    was loaded (no trainable model made from it yet), else None: only then
+    can its measurements be cached beside its weights."""
+    if model is setup.model and '_trainable' not in setup.__dict__:
+        return setup.implant_info.get('path')
+    return None
+
+
+def _setup_inputs(setup):
+    """Everything of a setup that a measurement of its model reads."""
+    return [setup.profile.as_dict(), setup.world,
+            {k: [v['input_ids'].tolist(), v['attention_mask'].tolist()]
+             for k, v in sorted(setup.tokens.items())}]
 
 
 def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True):
@@ -148,8 +193,18 @@ def measure(setup, model, known=None):
     facts accuracy.
 
     `known` holds metrics already measured on this very model (the last
-    evaluation of a run); their forget EL_n is reused, not recomputed.
+    evaluation of a run); their forget EL_n is reused, not recomputed. The
+    implanted model's own numbers (the "before" of every notebook) are
+    cached beside its weights.
     """
+    entry = _implanted_entry(setup, model)
+    if entry and not known:
+        return _cached(entry, 'measure', _setup_inputs(setup),
+                       lambda: _measure(setup, model))
+    return _measure(setup, model, known)
+
+
+def _measure(setup, model, known=None):
     out = quick_metrics(setup, model, el=False)
     el = f'forget/{setup.el_key}'
     out[el] = (known or {}).get(el)
@@ -243,7 +298,19 @@ def span_metrics(setup, model, tokens, mask, n=2, stats=None,
                  el_below=None):
     """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
     (before unlearning, on unseen texts: the span thresholds). With
-    `el_below`, S-EL_n (the costly one) only once S-MA is at or below it."""
+    `el_below`, S-EL_n (the costly one) only once S-MA is at or below it.
+    The implanted model's are cached beside its weights."""
+    entry = _implanted_entry(setup, model)
+    if entry and stats is None and el_below is None:
+        return _cached(entry, 'span_metrics', [
+            _setup_inputs(setup), tokens['input_ids'].tolist(),
+            tokens['attention_mask'].tolist(), mask.tolist(), n],
+            lambda: _span_metrics(setup, model, tokens, mask, n))
+    return _span_metrics(setup, model, tokens, mask, n, stats, el_below)
+
+
+def _span_metrics(setup, model, tokens, mask, n=2, stats=None,
+                  el_below=None):
     stats = stats or metrics.token_stats(model, tokens['input_ids'],
                                          tokens['attention_mask'])
     out = {'S-MA': metrics.selective_memorization_accuracy(

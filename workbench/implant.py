@@ -16,7 +16,7 @@ import torch
 from . import models
 from .data import batches, tokenize
 from .metrics import memorization_accuracy
-from .paths import cache_dir
+from .paths import cache_dir, cache_lock
 from .train import TrainConfig, token_nll, train
 
 VERSION = 1  # bump when the implant recipe changes
@@ -57,9 +57,14 @@ def implant(model_name, texts, profile, seed=0, progress=True):
     Returns (model, tokenizer, info); `info` holds the MA reached, the
     epochs used and whether the cache was hit.
     """
+    key = implant_key(model_name, texts, profile, seed)
+    with cache_lock(f'implant-{key}'):
+        return _implant(model_name, texts, profile, seed, progress, key)
+
+
+def _implant(model_name, texts, profile, seed, progress, key):
     from safetensors.torch import save_model
-    entry = cache_dir() / 'implant' / implant_key(model_name, texts, profile,
-                                                  seed)
+    entry = cache_dir() / 'implant' / key
     if entry.exists() and not _valid(entry):
         print(f'implant cache entry {entry.name} is corrupted; rebuilding')
         shutil.rmtree(entry)

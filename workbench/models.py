@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import WorkbenchError
-from .paths import cache_dir
+from .paths import cache_dir, cache_lock
 
 GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -111,6 +111,13 @@ def _convert_smollm2(pkg):
     out = cache_dir() / 'models' / 'smollm2-135m'
     if (out / 'model.safetensors').exists():
         return out
+    with cache_lock('models-smollm2-135m'):
+        if (out / 'model.safetensors').exists():  # built while we waited
+            return out
+        return _convert_smollm2_unlocked(pkg, out)
+
+
+def _convert_smollm2_unlocked(pkg, out):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     print('converting the bundled SmolLM2 GGUF to safetensors (once)...')
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)

@@ -26,7 +26,7 @@ import torch
 from . import WorkbenchError, models
 from .data import bucketed_batches, tokenize, used_width
 from .metrics import memorization_accuracy
-from .paths import cache_dir
+from .paths import cache_dir, cache_lock
 from .profiles import get_profile
 from .train import TrainConfig, token_nll, train
 
@@ -179,55 +179,56 @@ class Roles:
         key = self.key(texts, epochs, lr, seed,
                        start and self.keys[start])
         entry = cache_dir() / 'roles' / key
-        init = self.state(start) if start is not None else None
-        if name in self.names:
-            self.drop(name)
-        self.keys[name] = key
-        tokens = tokenize(self.tokenizer, texts)
-        t0 = time.perf_counter()
-        if (entry / 'adapter.safetensors').exists():
-            try:
-                state = load_file(str(entry / 'adapter.safetensors'))
-                info = json.loads((entry / 'info.json').read_text())
-                self.add(name, state)
-                self.info[name] = dict(info, cached=True)
-                return self.info[name]
-            except (OSError, ValueError, KeyError, RuntimeError):
-                print(f'role cache entry {entry.name} is unreadable; '
-                      f'retraining')
-                if name in self.names:
-                    self.drop(name)
-                shutil.rmtree(entry, ignore_errors=True)
-        with torch.random.fork_rng():  # LoRA's A init from `seed` alone
-            torch.manual_seed(seed)
-            model = self.add(name, init)
-        p = self.profile
-        per_epoch = math.ceil(len(texts) / p.batch_size)
-        gen = torch.Generator().manual_seed(seed)
-        config = TrainConfig(lr=lr, optimizer='adamw', betas=(0.9, 0.999),
-                             steps=epochs * per_epoch, eval_every=0,
-                             seed=seed, desc=desc or f'training {name}',
-                             progress=self.progress)
-        result = train(model, token_nll,
-                       bucketed_batches(tokens, p.batch_size, gen), config)
-        if result.status != 'completed':
-            self.drop(name)
-            raise WorkbenchError(f'training role {name!r} ended early '
-                                 f'({result.status}: {result.message})')
-        ma = memorization_accuracy(model, tokens['input_ids'],
-                                   tokens['attention_mask']).mean().item()
-        info = {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
-                'seconds': time.perf_counter() - t0}
-        tmp = entry.with_name(entry.name + '.tmp')
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.state(name).items()},
-                  str(tmp / 'adapter.safetensors'))
-        (tmp / 'info.json').write_text(json.dumps(info, indent=1))
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
-        self.info[name] = dict(info, cached=False)
-        return self.info[name]
+        with cache_lock(f'role-{key}'):  # another process may be training it
+            init = self.state(start) if start is not None else None
+            if name in self.names:
+                self.drop(name)
+            self.keys[name] = key
+            tokens = tokenize(self.tokenizer, texts)
+            t0 = time.perf_counter()
+            if (entry / 'adapter.safetensors').exists():
+                try:
+                    state = load_file(str(entry / 'adapter.safetensors'))
+                    info = json.loads((entry / 'info.json').read_text())
+                    self.add(name, state)
+                    self.info[name] = dict(info, cached=True)
+                    return self.info[name]
+                except (OSError, ValueError, KeyError, RuntimeError):
+                    print(f'role cache entry {entry.name} is unreadable; '
+                          f'retraining')
+                    if name in self.names:
+                        self.drop(name)
+                    shutil.rmtree(entry, ignore_errors=True)
+            with torch.random.fork_rng():  # LoRA's A init from `seed` alone
+                torch.manual_seed(seed)
+                model = self.add(name, init)
+            p = self.profile
+            per_epoch = math.ceil(len(texts) / p.batch_size)
+            gen = torch.Generator().manual_seed(seed)
+            config = TrainConfig(lr=lr, optimizer='adamw', betas=(0.9, 0.999),
+                                 steps=epochs * per_epoch, eval_every=0,
+                                 seed=seed, desc=desc or f'training {name}',
+                                 progress=self.progress)
+            result = train(model, token_nll,
+                           bucketed_batches(tokens, p.batch_size, gen), config)
+            if result.status != 'completed':
+                self.drop(name)
+                raise WorkbenchError(f'training role {name!r} ended early '
+                                     f'({result.status}: {result.message})')
+            ma = memorization_accuracy(model, tokens['input_ids'],
+                                       tokens['attention_mask']).mean().item()
+            info = {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
+                    'seconds': time.perf_counter() - t0}
+            tmp = entry.with_name(entry.name + '.tmp')
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in self.state(name).items()},
+                      str(tmp / 'adapter.safetensors'))
+            (tmp / 'info.json').write_text(json.dumps(info, indent=1))
+            shutil.rmtree(entry, ignore_errors=True)
+            tmp.rename(entry)
+            self.info[name] = dict(info, cached=False)
+            return self.info[name]
 
     def finetune(self, src, name, texts, steps, lr=None, seed=0):
         """A few plain fine-tuning updates (AdamW) of a copy of role `src`

@@ -18,6 +18,7 @@ Two learners carry the shard models:
   head; one backbone in memory, each shard's adapter and head a small
   state dict swapped in (at 7B, S adapters on one base).
 """
+import os
 import copy
 import hashlib
 import math
@@ -459,7 +460,7 @@ def embed(texts, name='minilm', batch_size=64, progress=True):
                                    dim=-1))
     features = torch.cat(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     torch.save(features, tmp)
     tmp.replace(path)
     return features
