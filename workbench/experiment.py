@@ -80,8 +80,9 @@ def _implanted_entry(setup, model):
     """The implant's cache folder when `model` is the implanted model as it
     was loaded (no trainable model made from it yet), else None: only then
     can its measurements be cached beside its weights."""
-    if model is setup.model and '_trainable' not in setup.__dict__:
-        return setup.implant_info.get('path')
+    if (model is getattr(setup, 'model', None)
+            and '_trainable' not in vars(setup)):
+        return getattr(setup, 'implant_info', {}).get('path')
     return None
 
 
@@ -300,8 +301,9 @@ def span_metrics(setup, model, tokens, mask, n=2, stats=None,
     (before unlearning, on unseen texts: the span thresholds). With
     `el_below`, S-EL_n (the costly one) only once S-MA is at or below it.
     The implanted model's are cached beside its weights."""
-    entry = _implanted_entry(setup, model)
-    if entry and stats is None and el_below is None:
+    entry = (_implanted_entry(setup, model)
+             if stats is None and el_below is None else None)
+    if entry:
         return _cached(entry, 'span_metrics', [
             _setup_inputs(setup), tokens['input_ids'].tolist(),
             tokens['attention_mask'].tolist(), mask.tolist(), n],
