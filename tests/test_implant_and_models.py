@@ -135,3 +135,22 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
     experiment.trainable(setup)
     experiment.measure(setup, setup.model)
     assert calls == [1, 1, 1]
+
+
+def test_fresh_adapters_start_from_the_seed_alone(tiny_model_dir, cache):
+    """A LoRA adapter made by `trainable` is the same whatever ran before it
+    (torch's generator starts from a random seed in every process)."""
+    from workbench import experiment
+    p = tiny_profile(tiny_model_dir, lora=True, lora_r=4)
+    rows = {'forget': [{'text': TEXTS[0]}], 'retain': [{'text': TEXTS[1]}],
+            'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
+    setup = experiment.setup_from_rows(p, rows, progress=False)
+
+    def adapter():
+        torch.rand(17)  # some earlier draw of the generator
+        m = experiment.trainable(setup)
+        return {k: v.detach().clone() for k, v in m.named_parameters()
+                if 'lora_A' in k}
+    first, second = adapter(), adapter()
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

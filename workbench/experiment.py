@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import data, measuring, metrics, models
 from .implant import implant
 from .paths import atomic_write, cache_lock
@@ -28,6 +30,7 @@ class Setup:
     world: list  # world_facts items
     thresholds: dict  # {'EL_n': .., 'MA': ..} on unseen people
     implant_info: dict
+    seed: int = 0  # of implanting, and of every fresh adapter
 
     @property
     def el_key(self):
@@ -113,7 +116,7 @@ def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True):
             model, tokens['unseen']['input_ids'],
             tokens['unseen']['attention_mask'], p.el_n, p.el_stride)
     return Setup(p, model, tok, rows, tokens, data.world_facts(p.n_world),
-                 thresholds, info)
+                 thresholds, info, seed)
 
 
 def people_setup(profile='smoke', seed=0, progress=True, **overrides):
@@ -139,7 +142,9 @@ def trainable(setup):
         ref = m.__dict__['_workbench_reference']
         m.load_state_dict(ref.state_dict())
         return m
-    m = models.prepare(setup.model, setup.profile)
+    with torch.random.fork_rng():  # a fresh adapter from the seed alone,
+        torch.manual_seed(setup.seed)  # not from whatever ran before
+        m = models.prepare(setup.model, setup.profile)
     setup.__dict__['_trainable'] = m
     return m
 

@@ -78,7 +78,9 @@ def _implant(model_name, texts, profile, seed, progress, key):
     data = tokenize(tok, texts)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(len(texts) / profile.batch_size)
-    trainable = models.prepare(model, profile)
+    with torch.random.fork_rng():  # the adapter's init from `seed` alone
+        torch.manual_seed(seed)
+        trainable = models.prepare(model, profile)
     model.__dict__.pop('_workbench_reference', None)  # no reference needed
 
     def mean_ma(m):
