@@ -154,3 +154,26 @@ def test_fresh_adapters_start_from_the_seed_alone(tiny_model_dir, cache):
     first, second = adapter(), adapter()
     assert first and first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_two_processes_build_one_entry_in_turn(tiny_model_dir, cache):
+    """Two processes implanting the same texts at once: one trains, the
+    other waits for the lock and loads what the first saved."""
+    import json
+    import subprocess
+    import sys
+    code = (
+        'import json, sys\n'
+        'from workbench.implant import implant\n'
+        'from workbench.profiles import get_profile\n'
+        f'p = get_profile("smoke", model={tiny_model_dir!r}, implant_lr=1e-2,'
+        ' implant_epochs=40, implant_target_ma=0.9, batch_size=2)\n'
+        f'_, _, info = implant(p.model, {TEXTS!r}, p, progress=False)\n'
+        'print(json.dumps(info["cached"]))\n')
+    procs = [subprocess.Popen([sys.executable, '-c', code],
+                              stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(json.loads(o.strip().splitlines()[-1]) for o in outs) == \
+        [False, True]
