@@ -133,11 +133,13 @@ def ascent_share_on_spans(stats, span_mask):
     return (on_spans.sum() / weight.sum().clamp(min=1e-12)).item()
 
 
-def original_selection(model, forget, config):
+def original_selection(model, forget, config, stats=None):
     """The spans the model selects before unlearning: (B, T) bool, aligned
-    with `forget['input_ids']` (position 0 never selected)."""
+    with `forget['input_ids']` (position 0 never selected). `stats`: the
+    texts' `token_stats` under `model`, if already computed."""
     from ..metrics import token_stats
-    s = token_stats(model, forget['input_ids'], forget['attention_mask'])
+    s = stats or token_stats(model, forget['input_ids'],
+                             forget['attention_mask'])
     sel = select_tokens(s['logprob'], s['mask'], config.quantile,
                         config.threshold, config.merge_gap)
     return torch.nn.functional.pad(sel, (1, 0))
