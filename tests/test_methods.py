@@ -15,15 +15,32 @@ def _data(n=6, T=8, vocab=64, seed=0):
     return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
 
 
+def _ragged(n=6, T=10, seed=0):
+    """Right-padded texts of different lengths, the last one short."""
+    data = _data(n=n, T=T, seed=seed)
+    lengths = torch.tensor([T - (3 * i) % 5 for i in range(n)])
+    lengths[-1] = 3
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    return {'input_ids': data['input_ids'] * mask, 'attention_mask': mask}
+
+
 def test_full_batches_cover_the_set_once_per_step():
-    data = _data(n=7)
+    data = _ragged(n=7)
     it, chunks = full_batches(data, micro_batch=3)
     assert chunks == 3
     step = [next(it) for _ in range(chunks)]
     sizes = [b['input_ids'].shape[0] for b in step]
     assert sum(sizes) == 7 and max(sizes) - min(sizes) <= 1
-    assert torch.equal(torch.cat([b['input_ids'] for b in step]),
-                       data['input_ids'])
+    # each chunk is cut to its longest text and holds its share of targets
+    row = 0
+    for b in step:
+        width = b['input_ids'].shape[1]
+        real = data['attention_mask'][row:row + len(b['input_ids'])]
+        assert width == int(real.sum(1).max())
+        assert torch.equal(b['input_ids'],
+                           data['input_ids'][row:row + len(real), :width])
+        row += len(real)
+    assert sum(b['share'] for b in step) == pytest.approx(1.0)
     # the next step starts again at the first sequence
     assert torch.equal(next(it)['input_ids'], step[0]['input_ids'])
 
@@ -31,15 +48,32 @@ def test_full_batches_cover_the_set_once_per_step():
 def _grads(model, loss_fn, batches, accum):
     model.zero_grad()
     for b in batches:
-        (loss_fn(model, b) / accum).backward()
+        weight = b.get('share', 1 / accum)
+        (loss_fn(model, b) * weight).backward()
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny):
-    data = _data(n=6)
+@pytest.mark.parametrize('micro', [1, 2, 4])
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny, micro):
+    # texts of different lengths: the chunks' means, weighed by their
+    # shares of the targets, are the whole set's mean for any micro-batch
+    data = _ragged(n=6)
     full = _grads(tiny, ga.ga_loss, [data], 1)
-    it, chunks = full_batches(data, micro_batch=2)
+    it, chunks = full_batches(data, micro_batch=micro)
     acc = _grads(tiny, ga.ga_loss, [next(it) for _ in range(chunks)], chunks)
+    for a, b in zip(full, acc):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_span_shares_count_the_span_targets(tiny):
+    data = _ragged(n=4)
+    spans = torch.zeros_like(data['attention_mask'])
+    spans[:, 2:5] = 1
+    data = {**data, 'target_mask': spans}
+    full = _grads(tiny, seul.seul_loss, [data], 1)
+    it, chunks = full_batches(data, micro_batch=1)
+    acc = _grads(tiny, seul.seul_loss, [next(it) for _ in range(chunks)],
+                 chunks)
     for a, b in zip(full, acc):
         assert torch.allclose(a, b, atol=1e-6)
 

@@ -151,3 +151,27 @@ def test_measuring_nests_and_always_restores():
     with pytest.raises(RuntimeError, match='boom'):
         fails()
     assert workbench._depth == 0
+
+
+def test_reuse_heap_covers_the_loop_and_is_left_behind(tiny):
+    import workbench
+    from workbench.data import full_batches
+    from workbench.methods import ga
+    ids = torch.randint(1, 64, (4, 8), generator=torch.Generator()
+                        .manual_seed(0))
+    data = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    depths = []
+
+    def evaluate(m):
+        depths.append(workbench._depth)
+        return {}
+    it, accum = full_batches(data, 2)
+    for reuse in (False, True):
+        depths.clear()
+        train(tiny, ga.ga_loss, it, TrainConfig(
+            lr=1e-3, steps=2, grad_accum=accum, reuse_heap=reuse,
+            progress=False), evaluate=evaluate)
+        if workbench._LIBC is not None:
+            # an evaluation is a measurement: one level deeper inside
+            assert depths == [2 if reuse else 1] * 3
+        assert workbench._depth == 0

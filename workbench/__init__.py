@@ -4,6 +4,7 @@ The notebooks in `notebooks/` follow one paper each; this package holds what
 they share: run profiles, model loading, data, the training loop, metrics,
 live figures and the results record.
 """
+import contextlib
 import ctypes
 import functools
 import os
@@ -19,7 +20,7 @@ class WorkbenchError(Exception):
 
 _LIBC = None  # glibc, on Linux
 _MMAP_THRESHOLD = 1 << 16  # the fixed mmap threshold (bytes) while training
-_MEASURING_THRESHOLD = 32 << 20  # ... and inside `measuring`
+_MEASURING_THRESHOLD = 32 << 20  # ... and inside `reusing_heap`
 _depth = 0
 _lock = threading.Lock()
 
@@ -50,34 +51,45 @@ def _malloc_settings():
         pass
 
 
-def measuring(fn):
-    """Run `fn` (a no-grad measurement) with heap reuse for large blocks.
+@contextlib.contextmanager
+def reusing_heap():
+    """Inside, freed blocks up to 32 MiB stay in the heap for reuse.
 
-    A measurement allocates and frees the same large tensors over and over
-    (logits, attention temporaries); each block of the training setting's
-    size gets a fresh mapping, faulted in page by page, which took about a
-    third of the CPU time of an evaluation on 2 cores. Inside, blocks up to
-    32 MiB come from the heap and are reused; on leaving, the threshold
-    goes back and the heap's free pages are returned (`malloc_trim`), so
-    training starts from what it had. Nested calls share the outermost.
+    A training step or a measurement allocates and frees the same large
+    tensors over and over (activations, logits, attention temporaries);
+    with the fixed low mmap threshold each gets a fresh mapping, faulted in
+    page by page, which took about a third of the CPU time on 2 cores.
+    Inside, such blocks come from the heap and are reused. On entering and
+    leaving, the heap's free pages are returned (`malloc_trim`), so what
+    runs inside starts from what is in use, and what runs after gets back
+    the memory. Nested blocks share the outermost. The cost is memory: the
+    heap keeps the holes that freed blocks leave, so keep the batches small.
     """
+    global _depth
+    if _LIBC is None:
+        yield
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            _LIBC.malloc_trim(0)
+            _LIBC.mallopt(-3, max(_MMAP_THRESHOLD, _MEASURING_THRESHOLD))
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _LIBC.mallopt(-3, _MMAP_THRESHOLD)
+                _LIBC.malloc_trim(0)
+
+
+def measuring(fn):
+    """Run `fn` (a no-grad measurement) with heap reuse (`reusing_heap`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        global _depth
-        if _LIBC is None:
+        with reusing_heap():
             return fn(*args, **kwargs)
-        with _lock:
-            _depth += 1
-            if _depth == 1:
-                _LIBC.mallopt(-3, max(_MMAP_THRESHOLD, _MEASURING_THRESHOLD))
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with _lock:
-                _depth -= 1
-                if _depth == 0:
-                    _LIBC.mallopt(-3, _MMAP_THRESHOLD)
-                    _LIBC.malloc_trim(0)
     return wrapper
 
 

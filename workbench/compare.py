@@ -231,14 +231,16 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
                   should_stop=partial(forgotten, setup),
                   guard_bound=setup.guard_bound, progress=progress)
     lr, steps, seed = budget.lr, budget.steps, budget.seed
+    micro = roles.profile.micro_batch
     if method in ('ga', 'seul', 'graddiff', 'npo'):
         model = roles.copy('original', method)
         if method == 'ga':
             return ga.unlearn(model, forget, ga.GAConfig(
-                lr=lr, steps=steps, seed=seed), **common)
+                lr=lr, steps=steps, seed=seed, micro_batch=micro), **common)
         if method == 'seul':
             return seul.unlearn(model, forget, seul.SeULConfig(
-                lr=lr, steps=steps, seed=seed, spans='annotated'),
+                lr=lr, steps=steps, seed=seed, spans='annotated',
+                micro_batch=micro),
                 span_mask=setup.span_mask, **common)
         if method == 'graddiff':
             return graddiff.unlearn(model, forget, graddiff.GradDiffConfig(

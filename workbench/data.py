@@ -141,21 +141,43 @@ def bucketed_batches(data, batch_size, generator=None):
             yield {k: v[idx][:, :width] for k, v in data.items()}
 
 
+def targets(batch):
+    """(B, T-1) mask of the real targets of a right-padded batch: every
+    position whose token and next token are real (by the attention mask,
+    never by token id), and in `target_mask` when the batch has one."""
+    am = batch['attention_mask']
+    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    if 'target_mask' in batch:
+        mask = mask & batch['target_mask'][:, 1:].to(mask.device).bool()
+    return mask
+
+
 def full_batches(data, micro_batch):
     """The whole data set as one batch per step, in `micro_batch`-sized
     chunks (for gradient accumulation), forever.
 
-    Returns (iterator, chunks per step). Chunk sizes differ by at most one,
-    so the mean of the chunks' losses is close to the full batch's.
+    Returns (iterator, chunks per step). Each chunk is cut to its longest
+    text and carries `share`, its part of the set's real targets: a loss
+    that is a mean over a chunk's targets, weighted by its share, sums to
+    the mean over the whole set's, whatever the micro-batch.
     """
     n = data['input_ids'].shape[0]
     chunks = -(-n // max(1, micro_batch))
     bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+    width = data['input_ids'].shape[1]
+    total = int(targets(data).sum())
+    parts = []
+    for a, b in zip(bounds, bounds[1:]):
+        part = {k: v[a:b] for k, v in data.items()}
+        used = used_width(part['attention_mask'])
+        part = {k: v[:, :used] if v.dim() == 2 and v.shape[1] == width
+                else v for k, v in part.items()}
+        share = int(targets(part).sum()) / total if total else 1 / chunks
+        parts.append({**part, 'share': share})
 
     def gen():
         while True:
-            for a, b in zip(bounds, bounds[1:]):
-                yield {k: v[a:b] for k, v in data.items()}
+            yield from parts
     return gen(), chunks
 
 

@@ -12,6 +12,7 @@ progress bar, and a divergence guard:
   writes the weights, so the model is always that of a completed step, the
   last one in the events.
 """
+import contextlib
 import math
 import signal
 import threading
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import measuring
+from . import measuring, reusing_heap
+from .data import targets
 from .models import load_trainable_state, trainable_state
 
 
@@ -42,6 +44,10 @@ class TrainConfig:
     seed: int = 0
     desc: str = 'training'
     progress: bool = True
+    # keep freed blocks in the heap while training (`reusing_heap`): on a
+    # CPU a step then runs without page faults for every activation, but
+    # the heap keeps its holes; small micro-batches keep that in bounds
+    reuse_heap: bool = False
 
 
 @dataclass
@@ -71,9 +77,7 @@ def token_logprobs(model, batch):
     device = next(model.parameters()).device
     ids, am = ids.to(device), am.to(device)
     logits = model(input_ids=ids, attention_mask=am).logits
-    mask = am[:, 1:].bool() & am[:, :-1].bool()
-    if 'target_mask' in batch:
-        mask &= batch['target_mask'][:, 1:].to(device).bool()
+    mask = targets({**batch, 'attention_mask': am})
     # every position against the next token (the last against none), so
     # the logits go in as they are, not as a copy of all but the last
     target = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
@@ -120,6 +124,28 @@ def make_optimizer(params, config):
     raise ValueError(f'unknown optimizer {config.optimizer!r}')
 
 
+def accumulate(model, terms, batches, grad_accum):
+    """Backpropagate one step's `grad_accum` batches; return the step's
+    loss and its logged parts. A batch with a `share` (`full_batches`)
+    weighs its loss by it, else by 1 / grad_accum."""
+    total, parts = 0.0, {}
+    for _ in range(grad_accum):
+        batch = next(batches)
+        share = batch.get('share')
+
+        def weigh(x):
+            return x / grad_accum if share is None else x * share
+        for term in terms:
+            out = term(model, batch)
+            loss, extra = out if isinstance(out, tuple) else (out, {})
+            weigh(loss).backward()
+            total += weigh(loss.item())
+            for k, v in extra.items():
+                parts[k] = parts.get(k, 0.0) + weigh(float(v))
+        del batch  # not held while the next one is built
+    return total, parts
+
+
 def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
           should_stop=None):
     """Run the loop; return a `TrainResult`.
@@ -128,7 +154,8 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
       (loss, dict of named parts to log). A list of such functions is a
       loss that is their sum: each term is backpropagated before the next
       is computed, the same gradient with the memory of one term.
-    - `batches` is an iterator of batches (dicts of tensors).
+    - `batches` is an iterator of batches (dicts of tensors); see
+      `accumulate` for how a step's batches are weighed.
     - `evaluate(model)` returns a dict of metrics; it runs before the first
       step and every `eval_every` steps.
     - `should_stop(metrics)` returns a reason (str) to stop early, or None.
@@ -172,51 +199,44 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     bar = tqdm(total=config.steps, desc=config.desc, leave=False,
                disable=not config.progress)
     step = 0
-    try:
-        verdict = run_eval(0) if evaluate else None
-        while verdict is None and step < config.steps:
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            total, parts = 0.0, {}
-            for _ in range(config.grad_accum):
-                batch = next(batches)
-                for term in terms:
-                    out = term(model, batch)
-                    loss, extra = out if isinstance(out, tuple) else (out, {})
-                    (loss / config.grad_accum).backward()
-                    total += loss.item() / config.grad_accum
-                    for k, v in extra.items():
-                        parts[k] = parts.get(k, 0.0) \
-                            + float(v) / config.grad_accum
-                del batch  # not held while the next one is built
-            if not math.isfinite(total):
-                verdict = 'diverged', f'the loss became {total} at step ' \
-                                      f'{step + 1}; not applied', False
-                break
-            norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad],
-                config.max_grad_norm or float('inf'))
-            if not torch.isfinite(norm):
-                verdict = 'diverged', f'the gradient became {norm.item()} ' \
-                                      f'at step {step + 1}; not applied', False
-                break
-            with deferred_interrupt():
-                opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f'{total:.3f}')
-            emit({'step': step, 'kind': 'step', 'loss': total,
-                  'grad_norm': norm.item(), **parts})
-            at_end = step == config.steps
-            if evaluate and ((config.eval_every and
-                              step % config.eval_every == 0) or at_end):
-                verdict = run_eval(step)
-    except KeyboardInterrupt:
-        verdict = 'interrupted', f'interrupted by the user; the model is ' \
-                                 f'as after step {step}', False
-    finally:
-        bar.close()
-        model.eval()
+    with (reusing_heap() if config.reuse_heap
+          else contextlib.nullcontext()):
+        try:
+            verdict = run_eval(0) if evaluate else None
+            while verdict is None and step < config.steps:
+                model.train()
+                opt.zero_grad(set_to_none=True)
+                total, parts = accumulate(model, terms, batches,
+                                          config.grad_accum)
+                if not math.isfinite(total):
+                    verdict = ('diverged', f'the loss became {total} at '
+                               f'step {step + 1}; not applied', False)
+                    break
+                norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad],
+                    config.max_grad_norm or float('inf'))
+                if not torch.isfinite(norm):
+                    verdict = ('diverged', f'the gradient became '
+                               f'{norm.item()} at step {step + 1}; not '
+                               f'applied', False)
+                    break
+                with deferred_interrupt():
+                    opt.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f'{total:.3f}')
+                emit({'step': step, 'kind': 'step', 'loss': total,
+                      'grad_norm': norm.item(), **parts})
+                at_end = step == config.steps
+                if evaluate and ((config.eval_every and
+                                  step % config.eval_every == 0) or at_end):
+                    verdict = run_eval(step)
+        except KeyboardInterrupt:
+            verdict = ('interrupted', f'interrupted by the user; the model '
+                       f'is as after step {step}', False)
+        finally:
+            bar.close()
+            model.eval()
     result.steps = step
     if verdict:
         result.status, result.message, restore = verdict

@@ -122,7 +122,8 @@ def _config(method, args, profile):
     """The method's config from the command line and the profile."""
     common = {'lr': args.lr or profile.unlearn_lr,
               'steps': args.steps or profile.unlearn_steps,
-              'batch_size': args.batch_size}
+              'batch_size': args.batch_size,
+              'micro_batch': profile.micro_batch}
     if method.__name__.endswith('seul'):
         common.update(spans=args.spans, selector=args.selector,
                       quantile=args.quantile)

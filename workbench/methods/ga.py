@@ -84,5 +84,6 @@ def unlearn(model, forget, config, callbacks=(), evaluate=None,
     it, accum = step_batches(forget, config)
     loop = TrainConfig(lr=config.lr, steps=config.steps, grad_accum=accum,
                        optimizer='adam', betas=(0.9, 0.98), seed=config.seed,
-                       guard_bound=guard_bound, desc=desc, progress=progress)
+                       guard_bound=guard_bound, desc=desc, progress=progress,
+                       reuse_heap=True)
     return train(model, loss_fn, it, loop, callbacks, evaluate, should_stop)
