@@ -1,4 +1,5 @@
 """S-MA, S-EL, span bookkeeping and the two-stage annotation."""
+import pytest
 import torch
 
 from workbench import annotate, data
@@ -118,3 +119,41 @@ def test_llm_annotation_runs_both_stages_and_caches(cache, tiny_model_dir,
     assert rep['llm_confirmed'] + rep['rejected'] == rep['llm_proposed']
     assert annotate.cached(texts, 'tiny')
     assert annotate.annotate(texts, model_name='tiny') == res
+
+
+def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
+        tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    from workbench import experiment
+    from workbench.train import TrainResult
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (4, 12), generator=g)
+    tokens = {s: {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+              for s in ('forget', 'retain')}
+    setup = SimpleNamespace(tokens=tokens, thresholds={'MA': 1.0},
+                            profile=SimpleNamespace(el_n=2, el_stride=1),
+                            el_key='EL_2', world=[], tokenizer=None)
+    monkeypatch.setattr(experiment.metrics, 'multiple_choice_accuracy',
+                        lambda *a: 0.0)
+    last = experiment.quick_metrics(
+        setup, tiny, experiment.subset(tokens['forget'], [2, 3]))
+    results = [TrainResult('stopped', 1), TrainResult('stopped', 1, events=[
+        {'step': 1, 'kind': 'eval', **last}])]
+    calls = []
+    el = experiment.forget_el
+    monkeypatch.setattr(experiment, 'forget_el', lambda s, m, f=None,
+                        **k: calls.append(f['input_ids'].shape[0])
+                        or el(s, m, f, **k))
+    out = experiment.measure_sequential(setup, tiny, results)
+    assert calls == [2]  # only the first chunk measured again
+    whole = el(setup, tiny)
+    assert out['forget/EL_2'] == pytest.approx(whole, abs=1e-6)
+    assert out['forget/MA'] == pytest.approx(experiment.quick_metrics(
+        setup, tiny, el=False)['forget/MA'])
+    # the last evaluation's numbers of this model are taken as they are
+    known = {'forget/MA': 0.5, 'retain/MA': 0.25, 'retain/perplexity': 3.0,
+             'forget/EL_2': 0.125}
+    monkeypatch.setattr(experiment, 'quick_metrics', None)
+    assert experiment.measure(setup, tiny, known=known) == {
+        **known, 'world_facts/accuracy': 0.0}

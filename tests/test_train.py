@@ -175,3 +175,17 @@ def test_reuse_heap_covers_the_loop_and_is_left_behind(tiny):
             # an evaluation is a measurement: one level deeper inside
             assert depths == [2 if reuse else 1] * 3
         assert workbench._depth == 0
+
+
+def test_nested_heap_limits_are_restored():
+    import workbench
+    if workbench._LIBC is None:
+        pytest.skip('glibc only')
+    base = workbench._limit
+    with workbench.reusing_heap(workbench.TRAINING_LIMIT):
+        train_limit = workbench._limit
+        with workbench.reusing_heap():
+            assert workbench._limit == max(base, 32 << 20)
+        assert workbench._limit == train_limit == max(
+            base, workbench.TRAINING_LIMIT)
+    assert workbench._limit == base and workbench._depth == 0

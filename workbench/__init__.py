@@ -19,9 +19,11 @@ class WorkbenchError(Exception):
 
 
 _LIBC = None  # glibc, on Linux
-_MMAP_THRESHOLD = 1 << 16  # the fixed mmap threshold (bytes) while training
-_MEASURING_THRESHOLD = 32 << 20  # ... and inside `reusing_heap`
+_MMAP_THRESHOLD = 1 << 16  # the fixed mmap threshold (bytes) outside
+_MEASURING_LIMIT = 32 << 20  # ... inside a measurement (`reusing_heap`)
+TRAINING_LIMIT = 4 << 20  # ... inside a training loop that reuses the heap
 _depth = 0
+_limit = _MMAP_THRESHOLD  # the threshold in force
 _lock = threading.Lock()
 
 
@@ -34,7 +36,7 @@ def _malloc_settings():
     their own mapping, and up to WORKBENCH_TRIM_THRESHOLD bytes of free
     heap are kept for reuse rather than returned and faulted in again.
     """
-    global _LIBC, _MMAP_THRESHOLD
+    global _LIBC, _MMAP_THRESHOLD, _limit
     if not sys.platform.startswith('linux'):
         return
     try:
@@ -42,6 +44,7 @@ def _malloc_settings():
         _MMAP_THRESHOLD = int(os.environ.get('WORKBENCH_MMAP_THRESHOLD',
                                              _MMAP_THRESHOLD))
         libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+        _limit = _MMAP_THRESHOLD
         if os.environ.get('WORKBENCH_TRIM_THRESHOLD'):
             libc.mallopt(-1, int(os.environ[  # M_TRIM_THRESHOLD
                 'WORKBENCH_TRIM_THRESHOLD']))
@@ -52,35 +55,40 @@ def _malloc_settings():
 
 
 @contextlib.contextmanager
-def reusing_heap():
-    """Inside, freed blocks up to 32 MiB stay in the heap for reuse.
+def reusing_heap(limit=_MEASURING_LIMIT):
+    """Inside, freed blocks up to `limit` bytes stay in the heap for reuse.
 
     A training step or a measurement allocates and frees the same large
     tensors over and over (activations, logits, attention temporaries);
     with the fixed low mmap threshold each gets a fresh mapping, faulted in
     page by page, which took about a third of the CPU time on 2 cores.
     Inside, such blocks come from the heap and are reused. On entering and
-    leaving, the heap's free pages are returned (`malloc_trim`), so what
-    runs inside starts from what is in use, and what runs after gets back
-    the memory. Nested blocks share the outermost. The cost is memory: the
-    heap keeps the holes that freed blocks leave, so keep the batches small.
+    leaving the outermost block, the heap's free pages are returned
+    (`malloc_trim`), so what runs inside starts from what is in use, and
+    what runs after gets the memory back. A nested block has its own limit
+    until it ends. The cost is memory: the heap keeps the holes that freed
+    blocks leave, which is why training keeps a lower limit
+    (`TRAINING_LIMIT`: a micro-batch's activations, not its logits).
     """
-    global _depth
+    global _depth, _limit
     if _LIBC is None:
         yield
         return
     with _lock:
         _depth += 1
+        outer = _limit
         if _depth == 1:
             _LIBC.malloc_trim(0)
-            _LIBC.mallopt(-3, max(_MMAP_THRESHOLD, _MEASURING_THRESHOLD))
+        _limit = max(_MMAP_THRESHOLD, limit)
+        _LIBC.mallopt(-3, _limit)
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
+            _limit = outer
+            _LIBC.mallopt(-3, _limit)
             if _depth == 0:
-                _LIBC.mallopt(-3, _MMAP_THRESHOLD)
                 _LIBC.malloc_trim(0)
 
 

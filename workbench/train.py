@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import measuring, reusing_heap
+from . import TRAINING_LIMIT, measuring, reusing_heap
 from .data import targets
 from .models import load_trainable_state, trainable_state
 
@@ -199,7 +199,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     bar = tqdm(total=config.steps, desc=config.desc, leave=False,
                disable=not config.progress)
     step = 0
-    with (reusing_heap() if config.reuse_heap
+    with (reusing_heap(TRAINING_LIMIT) if config.reuse_heap
           else contextlib.nullcontext()):
         try:
             verdict = run_eval(0) if evaluate else None
