@@ -6,7 +6,7 @@ import torch
 from workbench import WorkbenchError
 from workbench.data import full_batches
 from workbench.methods import ga, seul
-from workbench.train import token_nll
+from workbench.train import accumulate, token_nll
 
 
 def _data(n=6, T=8, vocab=64, seed=0):
@@ -46,10 +46,9 @@ def test_full_batches_cover_the_set_once_per_step():
 
 
 def _grads(model, loss_fn, batches, accum):
+    """The gradient of one step of the training loop over `batches`."""
     model.zero_grad()
-    for b in batches:
-        weight = b.get('share', 1 / accum)
-        (loss_fn(model, b) * weight).backward()
+    accumulate(model, [loss_fn], iter(batches), accum)
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 

@@ -132,18 +132,20 @@ def accumulate(model, terms, batches, grad_accum):
     for _ in range(grad_accum):
         batch = next(batches)
         share = batch.get('share')
-
-        def weigh(x):
-            return x / grad_accum if share is None else x * share
         for term in terms:
             out = term(model, batch)
             loss, extra = out if isinstance(out, tuple) else (out, {})
-            weigh(loss).backward()
-            total += weigh(loss.item())
+            _weighed(loss, share, grad_accum).backward()
+            total += _weighed(loss.item(), share, grad_accum)
             for k, v in extra.items():
-                parts[k] = parts.get(k, 0.0) + weigh(float(v))
+                parts[k] = parts.get(k, 0.0) + _weighed(float(v), share,
+                                                        grad_accum)
         del batch  # not held while the next one is built
     return total, parts
+
+
+def _weighed(x, share, grad_accum):
+    return x / grad_accum if share is None else x * share
 
 
 def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
