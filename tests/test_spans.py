@@ -157,3 +157,26 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
     monkeypatch.setattr(experiment, 'quick_metrics', None)
     assert experiment.measure(setup, tiny, known=known) == {
         **known, 'world_facts/accuracy': 0.0}
+
+
+def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
+    from types import SimpleNamespace
+
+    from workbench import experiment
+    from workbench.train import TrainResult
+    ids = torch.arange(10).view(5, 2)
+    setup = SimpleNamespace(tokens={'forget': {
+        'input_ids': ids, 'attention_mask': torch.ones_like(ids)}})
+    model, seen = object(), []
+    monkeypatch.setattr(experiment, 'trainable', lambda s: model)
+    monkeypatch.setattr(
+        experiment, 'run_until_forgotten', lambda s, m, meth, cfg, forget,
+        **k: seen.append(('run', forget['input_ids'][:, 0].tolist()))
+        or TrainResult('stopped', len(seen)))
+    out, results = experiment.sequential_unlearning(
+        setup, None, None, 2, after_chunk=lambda m, c, r: seen.append(
+            ('after', c, m is model, r.steps)))
+    # the first chunk holds the first rows, as a run on that many would
+    assert seen == [('run', [0, 2]), ('after', 0, True, 1),
+                    ('run', [4, 6, 8]), ('after', 1, True, 3)]
+    assert out is model and [r.steps for r in results] == [1, 3]

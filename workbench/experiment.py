@@ -365,11 +365,16 @@ def _chunk(n, chunks, c):
 
 def sequential_unlearning(setup, method, config, chunks, callbacks=(),
                           guard_bound=float('inf'), progress=True,
-                          retain=True):
+                          retain=True, after_chunk=None):
     """Jang et al.'s sequential unlearning: the forget set in `chunks`
     parts, each unlearned until it is below the thresholds (or the step
     budget ends), one after another on the same model. Returns the model
-    and the TrainResult of each chunk."""
+    and the TrainResult of each chunk.
+
+    `after_chunk(model, c, result)`, if given, runs after chunk `c`, while
+    the model is as that chunk left it. Chunk 0 holds the first rows of the
+    forget set, so it is also a run on a smaller forget set of its own.
+    """
     n = setup.tokens['forget']['input_ids'].shape[0]
     model, results = trainable(setup), []
     for c in range(chunks):
@@ -378,6 +383,8 @@ def sequential_unlearning(setup, method, config, chunks, callbacks=(),
             forget=subset(setup.tokens['forget'], _chunk(n, chunks, c)),
             callbacks=callbacks, guard_bound=guard_bound, progress=progress,
             retain=retain))
+        if after_chunk is not None:
+            after_chunk(model, c, results[-1])
     return model, results
 
 
