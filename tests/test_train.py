@@ -72,6 +72,12 @@ def test_guard_bound_restores_last_good_evaluation():
     assert res.status == 'diverged' and res.steps < 20
     final = math.exp(token_nll(model, BATCH).item())
     assert final <= cfg.guard_bound
+    # the run knows which evaluation's weights it put back, so their
+    # metrics stand for the model as it is now
+    from workbench.experiment import final_metrics
+    assert res.restored == res.steps - 1
+    assert final_metrics(res)['step'] == res.restored
+    assert final_metrics(res)['retain/perplexity'] == pytest.approx(final)
 
 
 def test_interrupt_restores_a_consistent_model():
@@ -189,3 +195,97 @@ def test_nested_heap_limits_are_restored():
         assert workbench._limit == train_limit == max(
             base, workbench.TRAINING_LIMIT)
     assert workbench._limit == base and workbench._depth == 0
+
+
+def ragged_batch():
+    am = torch.ones_like(IDS)
+    am[1, 11:] = 0  # right-padded, as `data.tokenize` pads
+    am[3, 7:] = 0
+    return {'input_ids': IDS * am, 'attention_mask': am}
+
+
+def test_a_recorded_training_forward_pass_serves_token_stats():
+    from workbench.metrics.likelihood import (known_stats, recorded_forward,
+                                              token_stats)
+    model, batch = tiny_llama(), ragged_batch()
+    ids, am = batch['input_ids'], batch['attention_mask']
+    own = token_stats(model, ids, am)
+    model.train()
+    with recorded_forward(model) as rows:
+        for half in (slice(0, 2), slice(2, 4)):  # two micro-batches
+            token_nll(model, {k: v[half] for k, v in batch.items()})
+    assert len(rows) == 4
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with known_stats(model, rows):
+        read = token_stats(model.eval(), ids, am)
+        assert calls == []  # no forward pass of its own
+        m = own['mask']
+        assert torch.equal(read['mask'], m)
+        assert torch.allclose(read['logprob'][m], own['logprob'][m],
+                              atol=1e-5)
+        assert torch.equal(read['hit'][m], own['hit'][m])
+        # a text that was not in the step is measured, not guessed
+        token_stats(model, IDS, torch.ones_like(IDS))
+        assert calls == [1]
+    token_stats(model, ids, am)  # outside, every call runs its model
+    assert calls == [1, 1]
+
+
+def test_a_forward_pass_with_dropout_is_not_recorded():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.metrics.likelihood import recorded_forward
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        attention_dropout=0.1)).train()
+    with recorded_forward(model) as rows:
+        token_nll(model, BATCH)
+    assert rows == {}
+
+
+def test_evaluating_before_the_update_runs_the_same_training():
+    from workbench.metrics.likelihood import token_stats
+    batch, runs = ragged_batch(), []
+    for ahead in (False, True):
+        model, events = tiny_llama(), []
+
+        def evaluate(m):
+            s = token_stats(m, batch['input_ids'], batch['attention_mask'])
+            return {'nll': -(s['logprob'] * s['mask']).sum().item()
+                    / s['mask'].sum().item()}
+
+        counted = []
+        model.register_forward_hook(
+            lambda *a: counted.append(torch.is_grad_enabled()))
+        res = train(model, token_nll, forever(batch), TrainConfig(
+            lr=1e-2, steps=10, progress=False, eval_before_update=ahead),
+            [events.append], evaluate, lambda m: 'enough' if sum(
+                e['kind'] == 'eval' for e in events) == 4 else None)
+        runs.append((res, events, trainable_state(model), counted))
+    (plain, ev0, w0, c0), (early, ev1, w1, c1) = runs
+    assert (plain.status, plain.steps) == (early.status, early.steps) == (
+        'stopped', 3)
+    assert [(e['kind'], e['step']) for e in ev0] == \
+        [(e['kind'], e['step']) for e in ev1]
+    for a, b in zip(ev0, ev1):
+        assert a.get('nll', 0) == pytest.approx(b.get('nll', 0), rel=1e-5)
+        assert a.get('loss', 0) == b.get('loss', 0)
+    assert same(w0, w1)  # the very same updates
+    # every evaluation read a training step's forward pass; the one before
+    # the stop computed a gradient that was not applied
+    assert c0.count(False) == 4 and c0.count(True) == 3
+    assert c1.count(False) == 0 and c1.count(True) == 4
+
+
+def test_evaluating_before_the_update_still_evaluates_the_last_step():
+    model, events = tiny_llama(), []
+    res = train(model, token_nll, forever(BATCH), TrainConfig(
+        lr=1e-2, steps=3, progress=False, eval_before_update=True),
+        [events.append], lambda m: {'n': 1.0})
+    assert res.status == 'completed' and res.steps == 3
+    assert [(e['kind'], e['step']) for e in events] == [
+        ('eval', 0), ('step', 1), ('eval', 1), ('step', 2), ('eval', 2),
+        ('step', 3), ('eval', 3)]

@@ -194,47 +194,49 @@ def forget_el(setup, model, forget=None, stats=None):
 
 
 @measuring
-def measure(setup, model, known=None):
+def measure(setup, model, known=None, forget_stats=None):
     """Everything reported before and after: EL_n, MA, perplexity, world
     facts accuracy.
 
     `known` holds metrics already measured on this very model (the last
-    evaluation of a run); their forget EL_n is reused, not recomputed. The
-    implanted model's own numbers (the "before" of every notebook) are
-    cached beside its weights.
+    evaluation of a run); their forget EL_n is reused, not recomputed.
+    `forget_stats`: the forget set's `token_stats` under `model`, if already
+    computed. The implanted model's own numbers (the "before" of every
+    notebook) are cached beside its weights.
     """
     entry = _implanted_entry(setup, model)
-    if entry and not known:
+    if entry and not known and forget_stats is None:
         return _cached(entry, 'measure', _setup_inputs(setup),
                        lambda: _measure(setup, model))
-    return _measure(setup, model, known)
+    return _measure(setup, model, known, forget_stats)
 
 
-def _measure(setup, model, known=None):
+def _measure(setup, model, known=None, forget_stats=None):
     known = known or {}
     quick = ['forget/MA'] + (['retain/MA', 'retain/perplexity']
                              if 'retain' in setup.tokens else [])
     if all(k in known for k in quick):  # the last evaluation had them
         out = {k: known[k] for k in quick}
     else:
-        out = quick_metrics(setup, model, el=False)
+        out = quick_metrics(setup, model, el=False,
+                            forget_stats=forget_stats)
     el = f'forget/{setup.el_key}'
     out[el] = known.get(el)
     if out[el] is None:
-        out[el] = forget_el(setup, model)
+        out[el] = forget_el(setup, model, stats=forget_stats)
     out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
         model, setup.tokenizer, setup.world)
     return out
 
 
 def final_metrics(result):
-    """The metrics of the last evaluation if the model is still exactly the
-    one evaluated then, else None (for `measure(..., known=)`)."""
-    evals = [e for e in result.events if e['kind'] == 'eval']
-    if (evals and evals[-1]['step'] == result.steps
-            and result.status in ('completed', 'stopped')):
-        return evals[-1]
-    return None
+    """The metrics of the evaluation of the weights the model has now (those
+    of the last step, or those a divergence restored), else None (for
+    `measure(..., known=)`)."""
+    at = (result.steps if result.status in ('completed', 'stopped')
+          else result.restored)
+    return next((e for e in reversed(result.events)
+                 if e['kind'] == 'eval' and e['step'] == at), None)
 
 
 def run_until_forgotten(setup, model, method, config, forget=None,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import TRAINING_LIMIT, measuring, reusing_heap
 from .data import targets
+from .metrics.likelihood import known_stats, recorded_forward
 from .models import load_trainable_state, trainable_state
 
 
@@ -48,6 +49,11 @@ class TrainConfig:
     # CPU a step then runs without page faults for every activation, but
     # the heap keeps its holes; small micro-batches keep that in bounds
     reuse_heap: bool = False
+    # evaluate the weights after the next step's gradient is computed and
+    # before it is applied: an evaluation of the very texts the step trains
+    # on then reads that forward pass (`recorded_forward`) instead of
+    # running its own; the gradient computed before a stop is discarded
+    eval_before_update: bool = False
 
 
 @dataclass
@@ -57,6 +63,7 @@ class TrainResult:
     steps: int
     message: str = ''
     events: list = field(default_factory=list)
+    restored: int = None  # the step whose weights a divergence restored
 
     def series(self, key):
         """(steps, values) of one key over the events that carry it."""
@@ -159,7 +166,8 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     - `batches` is an iterator of batches (dicts of tensors); see
       `accumulate` for how a step's batches are weighed.
     - `evaluate(model)` returns a dict of metrics; it runs before the first
-      step and every `eval_every` steps.
+      step and every `eval_every` steps (with `eval_before_update`, once
+      the next step's gradient is computed: the weights are the same).
     - `should_stop(metrics)` returns a reason (str) to stop early, or None.
     - each callback receives every event (a dict with 'step' and 'kind').
     """
@@ -168,6 +176,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     opt = make_optimizer(model.parameters(), config)
     result = TrainResult('completed', 0)
     good = None  # weights of the last evaluation within the guard's bound
+    good_step = None
     start = time.perf_counter()
 
     def emit(event):
@@ -176,12 +185,21 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
         for cb in callbacks:
             cb(event)
 
-    def run_eval(step):
-        """Evaluate; return (status, message, restore) to stop, or None."""
-        nonlocal good
+    def due(step):
+        """Whether the weights after `step` steps are evaluated."""
+        return evaluate is not None and (
+            step in (0, config.steps)
+            or bool(config.eval_every and step % config.eval_every == 0))
+
+    def run_eval(step, seen=None):
+        """Evaluate (reading the forward pass `seen`, if recorded at these
+        weights); return (status, message, restore) to stop, or None."""
+        nonlocal good, good_step
         was_training = model.training
         model.eval()
-        metrics = measuring(evaluate)(model) if evaluate else {}
+        with (known_stats(model, seen) if seen
+              else contextlib.nullcontext()):
+            metrics = measuring(evaluate)(model)
         model.train(was_training)
         emit({'step': step, 'kind': 'eval', **metrics})
         value = metrics.get(config.guard_key)
@@ -191,7 +209,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                                 f'restored the weights of the last good '
                                 f'evaluation'), good is not None
         if value is not None:  # the last weights known to be within bound
-            good = trainable_state(model)
+            good, good_step = trainable_state(model), step
         if should_stop is not None:
             reason = should_stop(metrics)
             if reason:
@@ -201,15 +219,23 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
     bar = tqdm(total=config.steps, desc=config.desc, leave=False,
                disable=not config.progress)
     step = 0
+    ahead = config.eval_before_update and config.steps > 0
     with (reusing_heap(TRAINING_LIMIT) if config.reuse_heap
           else contextlib.nullcontext()):
         try:
-            verdict = run_eval(0) if evaluate else None
+            verdict = run_eval(0) if due(0) and not ahead else None
             while verdict is None and step < config.steps:
                 model.train()
                 opt.zero_grad(set_to_none=True)
-                total, parts = accumulate(model, terms, batches,
-                                          config.grad_accum)
+                record = ahead and due(step)
+                with (recorded_forward(model) if record
+                      else contextlib.nullcontext()) as seen:
+                    total, parts = accumulate(model, terms, batches,
+                                              config.grad_accum)
+                if record:  # the weights are still those after `step`
+                    verdict = run_eval(step, seen)
+                    if verdict:
+                        break
                 if not math.isfinite(total):
                     verdict = ('diverged', f'the loss became {total} at '
                                f'step {step + 1}; not applied', False)
@@ -229,9 +255,9 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                 bar.set_postfix(loss=f'{total:.3f}')
                 emit({'step': step, 'kind': 'step', 'loss': total,
                       'grad_norm': norm.item(), **parts})
-                at_end = step == config.steps
-                if evaluate and ((config.eval_every and
-                                  step % config.eval_every == 0) or at_end):
+                # ahead, the next step's gradient brings the evaluation,
+                # except after the last step
+                if due(step) and (not ahead or step == config.steps):
                     verdict = run_eval(step)
         except KeyboardInterrupt:
             verdict = ('interrupted', f'interrupted by the user; the model '
@@ -244,4 +270,5 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
         result.status, result.message, restore = verdict
         if restore:
             load_trainable_state(model, good)
+            result.restored = good_step
     return result

@@ -82,8 +82,11 @@ def unlearn(model, forget, config, callbacks=(), evaluate=None,
             loss_fn=ga_loss, desc='gradient ascent'):
     """Run gradient ascent on `forget` (tokenised); return a TrainResult."""
     it, accum = step_batches(forget, config)
+    # a full-batch step's forward pass covers the whole forget set, so the
+    # evaluation of the forget set can read it (`eval_before_update`)
     loop = TrainConfig(lr=config.lr, steps=config.steps, grad_accum=accum,
                        optimizer='adam', betas=(0.9, 0.98), seed=config.seed,
                        guard_bound=guard_bound, desc=desc, progress=progress,
-                       reuse_heap=True)
+                       reuse_heap=True,
+                       eval_before_update=config.batch_size == 0)
     return train(model, loss_fn, it, loop, callbacks, evaluate, should_stop)

@@ -84,7 +84,7 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
 @measuring
 @torch.no_grad()
 def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
-                  max_tokens=8192):
+                  max_tokens=12288):
     """Greedy continuations of prefixes of the given rows, (jobs,) lists.
 
     A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1; rows
@@ -95,7 +95,9 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
     x_<m only, so this is the continuation of x_<m, without encoding the
     prefix again for every job. Jobs leave the batch as they finish; a
     batch holds at most `batch_size` jobs and about `max_tokens` cached
-    positions (the cache is the memory that grows).
+    positions (the cache is the memory that grows; the default holds the
+    EL_10 jobs of 8 people at stride 10 in one batch, where a second batch
+    would decode its few short jobs at almost the cost of a full one).
     """
     device = _device(model)
     if attention_mask is None:

@@ -9,6 +9,7 @@ than the holdout set and 0.5 when they are indistinguishable.
 import copy
 import math
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -97,6 +98,10 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    known = None if vocab_stats else _recorded_rows(model, input_ids,
+                                                    attention_mask)
+    if known is not None:
+        return known
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
     T = input_ids.shape[1]
@@ -140,6 +145,94 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
 def _pad_to(t, width):
     """Right-pad a (B, w) tensor with zeros (False) to (B, width)."""
     return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+
+_known = {}  # id(model) -> {row key: its token statistics} (`known_stats`)
+
+
+def _row_key(ids, am):
+    """A right-padded row, up to its last real token, as plain data."""
+    w = int(am.nonzero().max()) + 1 if am.any() else 1
+    return tuple(ids[:w].tolist()), tuple(am[:w].tolist())
+
+
+def _dropout_active(model):
+    """Whether a forward pass of `model` now drops activations at random
+    (then it is not the model's own prediction, and is not recorded)."""
+    if not model.training:
+        return False
+    config = getattr(model, 'config', None)
+    return (getattr(config, 'attention_dropout', 0) or 0) > 0 or any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+@contextmanager
+def recorded_forward(model):
+    """Record the token statistics of `model`'s forward passes with
+    gradients (a training step's) while inside; yields {row key: stats}.
+
+    The logits of a training step's forward pass are those a measurement of
+    the same weights would compute (no dropout, or nothing is recorded), so
+    an evaluation of these weights can read them (`known_stats`) instead of
+    running a forward pass of its own.
+    """
+    rows = {}
+
+    def hook(module, args, kwargs, output):
+        ids = kwargs.get('input_ids', args[0] if args else None)
+        logits = getattr(output, 'logits', None)
+        if (not torch.is_grad_enabled() or ids is None or logits is None
+                or _dropout_active(model)):
+            return
+        am = kwargs.get('attention_mask')
+        am = torch.ones_like(ids) if am is None else am
+        with torch.no_grad():
+            z = logits[:, :-1].detach().float()
+            target = ids[:, 1:]
+            logprob = z.gather(-1, target[..., None])[..., 0] - z.logsumexp(-1)
+            hit = z.argmax(-1) == target
+            mask = am[:, 1:].bool() & am[:, :-1].bool()
+        for b in range(ids.shape[0]):
+            key = _row_key(ids[b].cpu(), am[b].cpu())
+            w = len(key[0]) - 1
+            rows[key] = {'logprob': logprob[b, :w].cpu(),
+                         'hit': hit[b, :w].cpu(), 'mask': mask[b, :w].cpu()}
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def known_stats(model, rows):
+    """Inside, `token_stats(model, ...)` of texts whose every row is in
+    `rows` (from `recorded_forward`, at the weights `model` has now) returns
+    them instead of running a forward pass."""
+    previous = _known.get(id(model))
+    _known[id(model)] = rows
+    try:
+        yield
+    finally:
+        if previous is None:
+            _known.pop(id(model), None)
+        else:
+            _known[id(model)] = previous
+
+
+def _recorded_rows(model, input_ids, attention_mask):
+    """`token_stats` of these rows from `known_stats`, or None."""
+    rows = _known.get(id(model))
+    if not rows:
+        return None
+    found = [rows.get(_row_key(i, a)) for i, a in zip(input_ids.cpu(),
+                                                      attention_mask.cpu())]
+    if any(r is None for r in found):
+        return None
+    T = input_ids.shape[1]
+    return {k: torch.stack([_pad_to(r[k][None], T - 1)[0] for r in found])
+            for k in ('logprob', 'hit', 'mask')}
 
 
 def sequence_nll(model, input_ids, attention_mask=None, batch_size=None,
