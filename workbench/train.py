@@ -226,7 +226,10 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
             verdict = run_eval(0) if due(0) and not ahead else None
             while verdict is None and step < config.steps:
                 model.train()
-                opt.zero_grad(set_to_none=True)
+                # reusing the heap, the gradients keep their memory from
+                # step to step (zeroed in place), so they do not cut up
+                # the heap anew at every step
+                opt.zero_grad(set_to_none=not config.reuse_heap)
                 record = ahead and due(step)
                 with (recorded_forward(model) if record
                       else contextlib.nullcontext()) as seen:
