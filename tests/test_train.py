@@ -289,3 +289,20 @@ def test_evaluating_before_the_update_still_evaluates_the_last_step():
     assert [(e['kind'], e['step']) for e in events] == [
         ('eval', 0), ('step', 1), ('eval', 1), ('step', 2), ('eval', 2),
         ('step', 3), ('eval', 3)]
+
+
+def test_the_recorded_pass_is_not_served_with_the_adapter_off():
+    from workbench.metrics.likelihood import (known_stats, recorded_forward,
+                                              token_stats)
+    from workbench.models import add_lora, reference
+    model = add_lora(tiny_llama(), 4).train()
+    with recorded_forward(model) as rows:
+        token_nll(model, BATCH)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with known_stats(model, rows):
+        token_stats(model, IDS)
+        assert calls == []
+        with reference(model) as original:  # the same object, another model
+            token_stats(original, IDS)
+        assert calls == [1]

@@ -156,6 +156,16 @@ def _row_key(ids, am):
     return tuple(ids[:w].tolist()), tuple(am[:w].tolist())
 
 
+def _adapters(model):
+    """What decides `model`'s forward pass besides its weights: the active
+    adapters and whether they are switched off (`models.reference`)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    for m in model.modules():
+        if isinstance(m, BaseTunerLayer):
+            return tuple(m.active_adapters), m.disable_adapters
+    return None
+
+
 def _dropout_active(model):
     """Whether a forward pass of `model` now drops activations at random
     (then it is not the model's own prediction, and is not recorded)."""
@@ -192,11 +202,13 @@ def recorded_forward(model):
             logprob = z.gather(-1, target[..., None])[..., 0] - z.logsumexp(-1)
             hit = z.argmax(-1) == target
             mask = am[:, 1:].bool() & am[:, :-1].bool()
+        state = _adapters(model)
         for b in range(ids.shape[0]):
             key = _row_key(ids[b].cpu(), am[b].cpu())
             w = len(key[0]) - 1
-            rows[key] = {'logprob': logprob[b, :w].cpu(),
-                         'hit': hit[b, :w].cpu(), 'mask': mask[b, :w].cpu()}
+            rows[state, key] = {'logprob': logprob[b, :w].cpu(),
+                                'hit': hit[b, :w].cpu(),
+                                'mask': mask[b, :w].cpu()}
 
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -226,8 +238,9 @@ def _recorded_rows(model, input_ids, attention_mask):
     rows = _known.get(id(model))
     if not rows:
         return None
-    found = [rows.get(_row_key(i, a)) for i, a in zip(input_ids.cpu(),
-                                                      attention_mask.cpu())]
+    state = _adapters(model)  # an adapter switched since: not these rows
+    found = [rows.get((state, _row_key(i, a)))
+             for i, a in zip(input_ids.cpu(), attention_mask.cpu())]
     if any(r is None for r in found):
         return None
     T = input_ids.shape[1]
