@@ -123,13 +123,9 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
         am = attention_mask[rows, :width].to(device)
         logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
         logits = logits.float()
-        target = ids[:, 1:]
-        # log p(x_t) = z_t - logsumexp(z), without a second (B, T, V) tensor
-        lse = torch.logsumexp(logits, dim=-1)
-        out['logprob'].append(logits.gather(-1, target[..., None])[..., 0]
-                              - lse)
-        out['hit'].append(logits.argmax(-1) == target)
-        out['mask'].append(am[:, 1:].bool() & am[:, :-1].bool())
+        stats, lse = _next_token(logits, ids, am)
+        for k, v in stats.items():
+            out[k].append(v)
         if vocab_stats:
             logp = logits - lse[..., None]
             p = logp.exp()
@@ -140,6 +136,17 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
     back = torch.argsort(order)  # from length order to the caller's
     return {k: torch.cat([_pad_to(t.cpu(), T - 1) for t in v])[back]
             for k, v in out.items() if v}
+
+
+def _next_token(logits, ids, am):
+    """`logprob`, `hit` and `mask` of one batch from its float logits of
+    positions 0..T-2, and logsumexp(z) of each position."""
+    target = ids[:, 1:]
+    # log p(x_t) = z_t - logsumexp(z), without a second (B, T, V) tensor
+    lse = torch.logsumexp(logits, dim=-1)
+    return {'logprob': logits.gather(-1, target[..., None])[..., 0] - lse,
+            'hit': logits.argmax(-1) == target,
+            'mask': am[:, 1:].bool() & am[:, :-1].bool()}, lse
 
 
 def _pad_to(t, width):
@@ -197,18 +204,12 @@ def recorded_forward(model):
         am = kwargs.get('attention_mask')
         am = torch.ones_like(ids) if am is None else am
         with torch.no_grad():
-            z = logits[:, :-1].detach().float()
-            target = ids[:, 1:]
-            logprob = z.gather(-1, target[..., None])[..., 0] - z.logsumexp(-1)
-            hit = z.argmax(-1) == target
-            mask = am[:, 1:].bool() & am[:, :-1].bool()
+            stats, _ = _next_token(logits[:, :-1].detach().float(), ids, am)
         state = _adapters(model)
         for b in range(ids.shape[0]):
             key = _row_key(ids[b].cpu(), am[b].cpu())
             w = len(key[0]) - 1
-            rows[state, key] = {'logprob': logprob[b, :w].cpu(),
-                                'hit': hit[b, :w].cpu(),
-                                'mask': mask[b, :w].cpu()}
+            rows[state, key] = {k: v[b, :w].cpu() for k, v in stats.items()}
 
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
