@@ -276,3 +276,16 @@ def test_el_on_a_sliding_window_model_equals_the_naive_loop():
     fast = metrics.extraction_likelihood(model, ids, 2, 2, mask)
     naive = metrics.extraction_likelihood_naive(model, ids, 2, 2, mask)
     assert torch.equal(fast, naive)
+
+
+def test_scipy_and_sklearn_load_only_when_used():
+    # about 80 MB of memory that a training run before them would carry
+    import subprocess
+    import sys
+    code = ('import sys, workbench.experiment, workbench.metrics, '
+            'workbench.methods.ga, workbench.methods.seul; '
+            'print(sorted(m for m in ("scipy", "sklearn") '
+            'if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == '[]'

@@ -197,6 +197,31 @@ def test_nested_heap_limits_are_restored():
     assert workbench._limit == base and workbench._depth == 0
 
 
+def test_heap_is_trimmed_where_its_use_changes(monkeypatch):
+    import workbench
+    if workbench._LIBC is None:
+        pytest.skip('glibc only')
+    trims = []
+
+    class Libc:  # glibc, counting the trims
+        def malloc_trim(self, pad):
+            trims.append(workbench._depth)
+            return 0
+
+        def mallopt(self, *a):
+            return 1
+    monkeypatch.setattr(workbench, '_LIBC', Libc())
+    with workbench.reusing_heap(workbench.TRAINING_LIMIT):
+        assert trims == [1]  # the outermost block
+        with workbench.reusing_heap():  # an evaluation inside training
+            assert trims == [1, 2]
+            with workbench.reusing_heap():  # a measurement inside it
+                pass
+            assert trims == [1, 2]  # same limit: the heap is kept
+        assert trims == [1, 2, 1]  # back to training's limit
+    assert trims == [1, 2, 1, 0]
+
+
 def ragged_batch():
     am = torch.ones_like(IDS)
     am[1, 11:] = 0  # right-padded, as `data.tokenize` pads

@@ -66,9 +66,13 @@ def reusing_heap(limit=_MEASURING_LIMIT):
     leaving the outermost block, the heap's free pages are returned
     (`malloc_trim`), so what runs inside starts from what is in use, and
     what runs after gets the memory back. A nested block has its own limit
-    until it ends. The cost is memory: the heap keeps the holes that freed
-    blocks leave, which is why training keeps a lower limit
-    (`TRAINING_LIMIT`: a micro-batch's activations, not its logits).
+    until it ends; where that limit differs from the one around it (an
+    evaluation inside a training loop), the free pages are returned on
+    entering and leaving it too, so the evaluation's tensors and the
+    training step's freed activations do not both stay resident. The cost
+    is memory: the heap keeps the holes that freed blocks leave, which is
+    why training keeps a lower limit (`TRAINING_LIMIT`: a micro-batch's
+    activations, not its logits).
     """
     global _depth, _limit
     if _LIBC is None:
@@ -77,9 +81,11 @@ def reusing_heap(limit=_MEASURING_LIMIT):
     with _lock:
         _depth += 1
         outer = _limit
-        if _depth == 1:
-            _LIBC.malloc_trim(0)
         _limit = max(_MMAP_THRESHOLD, limit)
+        # a change of use: what the heap holds is free space for the other
+        trim = _depth == 1 or _limit != outer
+        if trim:
+            _LIBC.malloc_trim(0)
         _LIBC.mallopt(-3, _limit)
     try:
         yield
@@ -88,7 +94,7 @@ def reusing_heap(limit=_MEASURING_LIMIT):
             _depth -= 1
             _limit = outer
             _LIBC.mallopt(-3, _limit)
-            if _depth == 0:
+            if trim:
                 _LIBC.malloc_trim(0)
 
 

@@ -10,7 +10,6 @@ import random
 
 import numpy as np
 import torch
-from scipy.stats import skewnorm
 
 from .likelihood import continuation_logprobs
 
@@ -78,6 +77,7 @@ def exposure_from_nlls(true_nll, cand_nlls, digits, estimate='skewnorm'):
     if np.ptp(cand_nlls) < 1e-9:  # every candidate equally likely
         frac = 1.0 if true_nll >= cand_nlls[0] - 1e-9 else 0.0
     else:
+        from scipy.stats import skewnorm  # imported where used (memory)
         a, loc, scale = skewnorm.fit(cand_nlls)
         frac = float(skewnorm.cdf(true_nll, a, loc, scale))
     return -math.log2(max(frac, 1 / space))

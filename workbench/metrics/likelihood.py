@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .. import measuring
@@ -317,6 +316,9 @@ def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
              k=0.4, stats=None):
     """`mia_auc` of several attacks from one forward pass per set (none
     when `stats`, the two sets' `token_stats`, are given)."""
+    # scikit-learn (and SciPy under it) is imported where it is used: it
+    # costs about 80 MB of memory, which a training run before it needs
+    from sklearn.metrics import roc_auc_score
     vocab = 'min_k++' in attacks
     stats = stats or [token_stats(model, d['input_ids'], d['attention_mask'],
                                   vocab_stats=vocab)

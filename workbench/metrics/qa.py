@@ -12,7 +12,6 @@
 """
 import numpy as np
 import torch
-from scipy.stats import hmean, ks_2samp
 
 from ..data import QA_TEMPLATE
 from .extraction import greedy_continue
@@ -109,11 +108,13 @@ def truth_ratio(ratios, forget):
 def forget_quality(unlearned_ratios, retrained_ratios):
     """KS-test p-value: high when the unlearned model's truth ratios are
     distributed like those of the retrained model."""
+    from scipy.stats import ks_2samp  # imported where used (memory)
     return float(ks_2samp(unlearned_ratios, retrained_ratios).pvalue)
 
 
 def model_utility(values):
     """Harmonic mean of utility numbers (each in [0, 1])."""
+    from scipy.stats import hmean  # imported where used (memory)
     values = [max(float(v), 1e-10) for v in values]
     return float(hmean(values))
 
