@@ -279,7 +279,7 @@ def test_el_on_a_sliding_window_model_equals_the_naive_loop():
 
 
 def test_scipy_and_sklearn_load_only_when_used():
-    # about 80 MB of memory that a training run before them would carry
+    # about 75 MB that a training run before them would carry
     import subprocess
     import sys
     code = ('import sys, workbench.experiment, workbench.metrics, '

@@ -82,7 +82,8 @@ def reusing_heap(limit=_MEASURING_LIMIT):
         _depth += 1
         outer = _limit
         _limit = max(_MMAP_THRESHOLD, limit)
-        # a change of use: what the heap holds is free space for the other
+        # outermost, or a change of use (an evaluation inside training):
+        # the free space one use left behind does not fit the other
         trim = _depth == 1 or _limit != outer
         if trim:
             _LIBC.malloc_trim(0)

@@ -317,7 +317,8 @@ def mia_aucs(model, forget, holdout, attacks=('loss', 'zlib', 'min_k'),
     """`mia_auc` of several attacks from one forward pass per set (none
     when `stats`, the two sets' `token_stats`, are given)."""
     # scikit-learn (and SciPy under it) is imported where it is used: it
-    # costs about 80 MB of memory, which a training run before it needs
+    # holds about 75 MB, which a notebook's training runs, before any
+    # membership inference, would otherwise carry
     from sklearn.metrics import roc_auc_score
     vocab = 'min_k++' in attacks
     stats = stats or [token_stats(model, d['input_ids'], d['attention_mask'],
