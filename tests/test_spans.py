@@ -180,3 +180,23 @@ def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
     assert seen == [('run', [0, 2]), ('after', 0, True, 1),
                     ('run', [4, 6, 8]), ('after', 1, True, 3)]
     assert out is model and [r.steps for r in results] == [1, 3]
+
+
+def test_kept_more_at_equal_forgetting():
+    from workbench.experiment import kept_more_at_equal_forgetting as kept
+    level = {'S-MA': 0.3}
+    ours = {'retain/MA': 0.5, 'world_facts/accuracy': 0.6}
+
+    def theirs(sma, retain, world=0.6):
+        return {'forget/S-MA': sma, 'retain/MA': retain,
+                'world_facts/accuracy': world}
+    # the other run reached the level: utility decides
+    assert kept(ours, theirs(0.3, 0.4), level, 'stopped') == (
+        True, 'reached the level')
+    assert not kept(ours, theirs(0.2, 0.6), level, 'stopped')[0]
+    assert not kept(ours, theirs(0.2, 0.4, world=0.7), level, 'stopped')[0]
+    # it did not: only the guard stopping it first counts for ours
+    assert kept(ours, theirs(0.4, 0.9), level, 'diverged') == (
+        True, 'met the divergence guard before the level')
+    assert kept(ours, theirs(0.4, 0.1), level, 'completed') == (
+        False, 'did not reach the level')

@@ -270,6 +270,27 @@ def below_thresholds(metrics_, thresholds):
     return None
 
 
+def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
+    """Did a run keep more utility than another method stopped at the
+    forgetting `level` it reached (notebook 07: SeUL against gradient
+    ascent)? `ours` and `theirs` are their final metrics, `their_status`
+    the other run's `TrainResult.status`.
+
+    Returns (holds, how): where the other run reached `level`, it holds if
+    ours kept more retain MA and no less world_facts accuracy; where the
+    divergence guard stopped the other run first, it holds, as that
+    forgetting costs the other method more than the guard allows; else
+    (the other run's step budget ran out) it does not.
+    """
+    if below_thresholds(theirs, level) is not None:
+        return (ours['retain/MA'] > theirs['retain/MA']
+                and ours['world_facts/accuracy']
+                >= theirs['world_facts/accuracy']), 'reached the level'
+    if their_status == 'diverged':
+        return True, 'met the divergence guard before the level'
+    return False, 'did not reach the level'
+
+
 def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
                                                             'unseen'),
                     progress=True):
