@@ -45,3 +45,47 @@ def test_refuses_without_a_gpu():
     assert out.returncode == 2
     assert out.stderr.strip().startswith('error: ') \
         and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope='module')
+def bench_run():
+    spec = importlib.util.spec_from_file_location(
+        'bench_run', SCRIPT.parent / 'run.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_benchmark_keeps_each_run_and_goes_on_after_a_failure(
+        bench_run, tmp_path, monkeypatch):
+    names = bench_run.notebook_names('03,07_selective_forgetting')
+    assert names == ['03_knowledge_unlearning', '07_selective_forgetting']
+    with pytest.raises(ValueError, match="no notebook '99'"):
+        bench_run.notebook_names('99')
+    out = tmp_path / 'results.json'
+    seen = []
+
+    def fake_run(name, profile):
+        # what was written before this run is on disk already
+        if seen:
+            assert bench_run.json.loads(out.read_text())['notebooks']
+        seen.append((name, profile))
+        if name.startswith('03') and profile == 'cpu':
+            return {'minutes': 0.5, 'cached_before': [], 'failed': 'boom'}
+        return {'minutes': 6.0 if profile == 'cpu' else 1.0,
+                'peak_gb': 1.5, 'cached_before': [],
+                'claims': {'a': True, 'b': False}}
+
+    monkeypatch.setattr(bench_run, 'run_notebook', fake_run)
+    results = {}
+    failed = bench_run.notebook_benchmark(results, names, ['smoke', 'cpu'],
+                                          out)
+    assert failed == ['03_knowledge_unlearning (cpu)'] and len(seen) == 4
+    saved = bench_run.json.loads(out.read_text())
+    assert saved == results
+    assert results['smoke_suite_minutes']['value'] == 2.0
+    assert results['smoke_suite_minutes']['complete'] is False
+    top = results['notebook_cpu_minutes_max']
+    assert top['value'] == 6.0 and top['notebook'] == names[1]
+    assert top['over_goal'] == [names[1]]
+    assert results['notebook_cpu_peak_gb_max']['over_goal'] == []
