@@ -331,3 +331,23 @@ def test_the_recorded_pass_is_not_served_with_the_adapter_off():
         with reference(model) as original:  # the same object, another model
             token_stats(original, IDS)
         assert calls == [1]
+
+
+@pytest.mark.parametrize('max_norm', [0.0, 1e-3, 1e6])
+def test_clipping_is_clip_grad_norm_to_the_bit(max_norm):
+    from workbench.train import clip_gradient
+    ours, theirs = tiny_llama(), tiny_llama()
+    for model in (ours, theirs):
+        token_nll(model, BATCH).backward()
+    norm = clip_gradient(ours, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(),
+                                              max_norm or math.inf)
+    assert torch.equal(norm, expected)
+    pairs = list(zip(ours.parameters(), theirs.parameters()))
+    assert all(torch.equal(a.grad, b.grad) for a, b in pairs)
+    after = torch.nn.utils.get_total_norm(
+        [p.grad for p in ours.parameters() if p.grad is not None])
+    if max_norm == 1e-3:  # the gradient was longer, and is scaled to it
+        assert norm > 1e-2 and after == pytest.approx(1e-3, rel=1e-3)
+    else:
+        assert torch.equal(after, norm)

@@ -131,6 +131,21 @@ def make_optimizer(params, config):
     raise ValueError(f'unknown optimizer {config.optimizer!r}')
 
 
+def clip_gradient(model, max_norm):
+    """The gradient's total L2 norm, before clipping; the gradient scaled
+    to `max_norm` when it is longer (0: never). Unlike `clip_grad_norm_`,
+    which multiplies every gradient by its clamped factor even when that
+    is 1, a gradient within bounds is only read: one pass over it, not
+    two. The clipped gradient is the same to the bit."""
+    params = [p for p in model.parameters()
+              if p.requires_grad and p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # clip_grads_with_norm_'s own factor, max_norm / (norm + 1e-6)
+    if max_norm and torch.isfinite(norm) and max_norm / (norm + 1e-6) < 1:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def accumulate(model, terms, batches, grad_accum):
     """Backpropagate one step's `grad_accum` batches; return the step's
     loss and its logged parts. A batch with a `share` (`full_batches`)
@@ -243,9 +258,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                     verdict = ('diverged', f'the loss became {total} at '
                                f'step {step + 1}; not applied', False)
                     break
-                norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad],
-                    config.max_grad_norm or float('inf'))
+                norm = clip_gradient(model, config.max_grad_norm)
                 if not torch.isfinite(norm):
                     verdict = ('diverged', f'the gradient became '
                                f'{norm.item()} at step {step + 1}; not '
