@@ -207,7 +207,8 @@ def run_notebook(name, profile):
                     f'exit status {proc.returncode}',
                     'stderr_tail': proc.stderr[-2000:]}
         rec = json.loads(record.read_text())
-    return {**entry, 'peak_gb': rec['peak_rss_mb'] / 1024,
+    # the record's MiB (ru_maxrss) in GB, 10^9 bytes, the goal's unit
+    return {**entry, 'peak_gb': rec['peak_rss_mb'] * 2**20 / 1e9,
             'claims': {c['id']: c['holds'] for c in rec['claims']}}
 
 
