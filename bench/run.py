@@ -239,7 +239,7 @@ def summarise(results):
     """The summary rows, from the per-notebook runs: the smoke suite's
     time, the slowest and the largest notebook on `cpu`."""
     runs = results.get('notebooks', {})
-    names = sorted(p.stem for p in NOTEBOOK_DIR.glob('[0-9][0-9]_*.ipynb'))
+    names = notebook_names()
     smoke = runs.get('smoke', {})
     if smoke:
         results['smoke_suite_minutes'] = {
