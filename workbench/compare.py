@@ -244,12 +244,14 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
                 span_mask=setup.span_mask, **common)
         if method == 'graddiff':
             return graddiff.unlearn(model, forget, graddiff.GradDiffConfig(
-                lr=lr, steps=steps, seed=seed), retain_tokens=retain,
+                lr=lr, steps=steps, seed=seed, micro_batch=micro),
+                retain_tokens=retain,
                 **common)
         with roles.active('original') as m:
             ref = npo.sequence_logprobs(m, forget)
         return npo.unlearn(model, forget, npo.NPOConfig(
-            lr=lr, steps=steps, seed=seed), retain_tokens=retain,
+            lr=lr, steps=steps, seed=seed, micro_batch=micro),
+            retain_tokens=retain,
             reference_logprob=ref, **common)
     if method == 'loo':
         return loo.unlearn(roles, 'original', setup.teachers, forget,

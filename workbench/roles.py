@@ -29,6 +29,7 @@ from .metrics import memorization_accuracy
 from .paths import cache_dir, cache_lock
 from .profiles import get_profile
 from .train import TrainConfig, token_nll, train
+from .trunk import FrozenTrunk
 
 VERSION = 2  # bump when the training recipe of a role changes
 
@@ -50,6 +51,12 @@ class Roles:
             base.gradient_checkpointing_enable()
             base.config.use_cache = False
         self.base = base
+        # every role is an adapter: the pretrained weights never train, and
+        # with adapters on the top layers only, the layers below are run
+        # once per text (`workbench.trunk`)
+        base.requires_grad_(False)
+        n, top = base.config.num_hidden_layers, p.role_layers
+        self.trunk = FrozenTrunk(base, n - top) if 0 < top < n else None
         self.model = None  # the PeftModel, made with the first role
         self.progress = progress
         self.info = {}  # role -> how it was made
