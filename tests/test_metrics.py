@@ -164,6 +164,40 @@ def test_answer_probability_and_generation(smol_tokenizer):
     assert answers == ['6666']
 
 
+class Chain(torch.nn.Module):
+    """Next token by a table of the last one: after the prompt a newline,
+    then ' Paris', newline, ' Paris', ... (answer: 'Paris'); counts its
+    forward passes."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.vocab = len(tokenizer)
+        self.nl = tokenizer('\n')['input_ids'][-1]
+        self.word = tokenizer(' Paris')['input_ids'][-1]
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def forward(self, input_ids, **kwargs):
+        from types import SimpleNamespace
+        self.calls += 1
+        last = input_ids[:, -1]
+        nxt = torch.where(last == self.nl, self.word, self.nl)
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
+        logits[torch.arange(len(nxt)), -1, nxt] = 10.0
+        return SimpleNamespace(logits=logits, past_key_values=None)
+
+
+def test_generation_stops_where_the_answer_is_complete(smol_tokenizer):
+    model = Chain(smol_tokenizer)
+    answers = metrics.generate_answers(model, smol_tokenizer, ['Q?', 'R?'],
+                                       20)
+    # the leading newline does not end the answer; the one after it does
+    assert answers == ['Paris', 'Paris']
+    assert model.calls == 3  # prompt, then two tokens: not 20 passes
+    full = metrics.greedy_continue(model, [[5]], [20])[0]
+    assert smol_tokenizer.decode(full).strip().split('\n')[0] == 'Paris'
+
+
 def test_extraction_strength_reuses_given_stats(successor):
     ids = torch.tensor([[0, 1, 2, 9, 4, 5]])  # a miss at 9, hits after
     stats = metrics.token_stats(successor, ids)

@@ -141,3 +141,22 @@ def test_roles_run_known_texts_from_the_trunk():
     assert roles.trunk.hits == 2
     assert torch.allclose(first[real], full[real], atol=1e-3)
     assert torch.equal(first, second)
+
+
+def test_continuations_through_the_trunk_equal_the_cached_prompt_path():
+    from workbench.metrics.likelihood import continuation_logprobs
+    model = four_layers()
+    trunk = FrozenTrunk(model, 2)
+    peft = with_top_adapter(model)
+    prompts = [[5, 9, 3, 17], [8], [2, 30, 11, 4, 6, 21, 7]]
+    conts = [[[12, 13], [40], [3, 3, 3, 9]], [[1, 2, 3]], [[44], [45, 46]]]
+    trunk.enabled = False
+    want = continuation_logprobs(peft, prompts, conts)
+    trunk.enabled = True
+    for max_tokens in (2048, 12, 1):  # one batch, several, one row each
+        got = continuation_logprobs(peft, prompts, conts, max_tokens)
+        for g, w in zip(got, want):
+            for a, b in zip(g, w):
+                assert a.shape == b.shape
+                assert torch.allclose(a, b, atol=1e-5)
+    assert trunk.hits > 0

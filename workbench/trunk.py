@@ -33,6 +33,15 @@ _GIVEN = ('cache', 'past_key_values', 'position_ids', 'inputs_embeds')
 _ASKED = ('use_cache', 'output_hidden_states', 'output_attentions')
 
 
+def trunk_of(model):
+    """The enabled `FrozenTrunk` installed on `model`'s decoder, or None."""
+    get = getattr(model, 'get_decoder', None)
+    decoder = get() if callable(get) else None
+    trunk = getattr(vars(decoder).get('forward') if decoder is not None
+                    else None, '__self__', None)
+    return trunk if isinstance(trunk, FrozenTrunk) and trunk.enabled else None
+
+
 class FrozenTrunk:
     """Hidden states entering layer `first_trained` of a causal LM, kept
     per text; installed on the model's decoder, which then starts known

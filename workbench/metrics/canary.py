@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from .likelihood import continuation_logprobs
+from .likelihood import cache_of, continuation_logprobs, with_cache
 
 
 def candidates(secret, n, seed=0):
@@ -102,13 +102,13 @@ def _prefilled(model, prompt, copies):
     """The prompt's keys and values but for its last token, computed once
     and repeated `copies` times: `generate` then encodes the prompt once,
     not once per sample (the same samples, as a test checks)."""
-    cache = model(input_ids=prompt['input_ids'][:, :-1],
-                  attention_mask=prompt['attention_mask'][:, :-1],
-                  use_cache=True).past_key_values
+    cache = cache_of(model(input_ids=prompt['input_ids'][:, :-1],
+                           attention_mask=prompt['attention_mask'][:, :-1],
+                           use_cache=True))
     cache.batch_repeat_interleave(copies)
     ids = prompt['input_ids'].expand(copies, -1)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-                past_key_values=cache)
+                **with_cache(model, cache))
 
 
 @torch.no_grad()

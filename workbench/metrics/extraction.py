@@ -15,7 +15,8 @@ Two facts make it fast and still exact:
 import torch
 
 from .. import measuring
-from .likelihood import _device, rows_cache, token_stats
+from .likelihood import (_device, cache_of, rows_cache, token_stats,
+                         with_cache)
 
 
 def _rows(input_ids, attention_mask):
@@ -42,11 +43,14 @@ def memorization_accuracy(model, input_ids, attention_mask=None,
 
 @measuring
 @torch.no_grad()
-def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
-    """Greedy continuation of each prefix for exactly `lengths[i]` tokens.
+def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32,
+                    stop=None):
+    """Greedy continuation of each prefix for exactly `lengths[i]` tokens;
+    with `stop`, a function of the (B, t) tokens generated so far that
+    says which rows are done ((B,) bools), a row ends where it is done.
 
     Left-padded batches with the KV cache; sequences of similar length are
-    batched together.
+    batched together. A batch ends when all of its rows are done.
     """
     device = _device(model)
     out = [None] * len(prefixes)
@@ -68,16 +72,25 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32):
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos,
                     use_cache=True, logits_to_keep=1)
         tokens = [res.logits[:, -1].argmax(-1)]
-        for _ in range(steps - 1):
+        ends = [lengths[i] for i in chunk]  # tokens kept of each row
+        for t in range(1, steps + 1):
+            if stop is not None:
+                done = stop(torch.stack(tokens, dim=1).cpu())
+                ends = [min(e, t) if d else e for e, d in
+                        zip(ends, done.tolist())]
+                if all(e <= t for e in ends):
+                    break
+            if t == steps:
+                break
             mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
             pos = pos[:, -1:] + 1
             res = model(input_ids=tokens[-1][:, None], attention_mask=mask,
-                        position_ids=pos, past_key_values=res.past_key_values,
-                        use_cache=True)
+                        position_ids=pos, use_cache=True,
+                        **with_cache(model, cache_of(res)))
             tokens.append(res.logits[:, -1].argmax(-1))
         gen = torch.stack(tokens, dim=1).cpu()
         for j, i in enumerate(chunk):
-            out[i] = gen[j, :lengths[i]].tolist()
+            out[i] = gen[j, :ends[j]].tolist()
     return out
 
 
@@ -111,8 +124,8 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
         width = int(attention_mask[group].sum(1).max())
         ids = input_ids[group, :width].to(device)
         am = attention_mask[group, :width].to(device)
-        cache = model(input_ids=ids, attention_mask=am, use_cache=True,
-                      logits_to_keep=1).past_key_values
+        cache = cache_of(model(input_ids=ids, attention_mask=am,
+                               use_cache=True, logits_to_keep=1))
         mine = sorted((j for j, (b, _, _) in enumerate(jobs) if b in where),
                       key=lambda j: -jobs[j][2])
         longest = max((jobs[j][2] for j in mine), default=0)
@@ -136,9 +149,9 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
             while live:
                 mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
                 res = model(input_ids=token[:, None], attention_mask=mask,
-                            position_ids=pos, past_key_values=past,
-                            use_cache=True)
-                past = res.past_key_values
+                            position_ids=pos, use_cache=True,
+                            **with_cache(model, past))
+                past = cache_of(res)
                 token = res.logits[:, -1].argmax(-1)
                 for k, t in enumerate(token.tolist()):
                     tokens[live[k]].append(t)

@@ -7,6 +7,8 @@ and the holdout set 1, so AUC = 1 when the forget set is far more likely
 than the holdout set and 0.5 when they are indistinguishable.
 """
 import copy
+import functools
+import inspect
 import math
 import zlib
 from contextlib import contextmanager
@@ -20,6 +22,28 @@ from .. import measuring
 
 def _device(model):
     return next(model.parameters()).device
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls):
+    params = inspect.signature(cls.forward).parameters
+    return 'cache' if 'cache' in params else 'past_key_values'
+
+
+def with_cache(model, cache):
+    """The keyword that hands `cache` to `model`'s forward pass: `cache`
+    where the model takes it (transformers 5.2x renamed it), else
+    `past_key_values`."""
+    base = (model.get_base_model() if hasattr(model, 'get_base_model')
+            else model)
+    return {_cache_name(type(base)): cache}
+
+
+def cache_of(output):
+    """The KV cache a forward pass returned (under either name)."""
+    cache = getattr(output, 'cache', None)
+    return cache if cache is not None else getattr(output,
+                                                   'past_key_values', None)
 
 
 class _RoomyLayer(DynamicLayer):
@@ -350,6 +374,9 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
     (up to float rounding); the compute shrinks by about the prompt's
     length times the number of continuations per prompt.
     """
+    from ..trunk import trunk_of
+    if trunk_of(model) is not None:
+        return _whole_rows_logprobs(model, prompts, continuations, max_tokens)
     device = _device(model)
     out = [[None] * len(c) for c in continuations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -366,8 +393,8 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
         ids, am = ids.to(device), am.to(device)
         cache = None
         if w > 0:
-            cache = model(input_ids=ids, attention_mask=am, use_cache=True,
-                          logits_to_keep=1).past_key_values
+            cache = cache_of(model(input_ids=ids, attention_mask=am,
+                                   use_cache=True, logits_to_keep=1))
         jobs = sorted(((j, i, k) for j, i in enumerate(group)
                        for k in range(len(continuations[i]))),
                       key=lambda t: len(continuations[t[1]][t[2]]))
@@ -392,9 +419,53 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
                            attention_mask=torch.cat([am[rows], xm], 1),
                            position_ids=start[:, None] + torch.arange(
                                L, device=device),
-                           past_key_values=past).logits[:, :-1].float()
+                           **with_cache(model, past)).logits[:, :-1].float()
             lp = (logits.gather(-1, x[:, 1:, None])[..., 0]
                   - torch.logsumexp(logits, -1)).cpu()
             for r, (_, i, k) in enumerate(chunk):
                 out[i][k] = lp[r, :len(seqs[r]) - 1]
+    return out
+
+
+def _whole_rows_logprobs(model, prompts, continuations, max_tokens=1024):
+    """`continuation_logprobs` by passes over whole rows (prompt followed
+    by continuation), for a model with a frozen trunk (`workbench.trunk`):
+    the rows' lower layers run once however many models read them, so
+    encoding a prompt again for each continuation costs the top layers
+    only. Logits are computed from the first continuation position of the
+    batch on."""
+    device = _device(model)
+    jobs = sorted(((i, k) for i in range(len(prompts))
+                   for k in range(len(continuations[i]))),
+                  key=lambda t: (len(prompts[t[0]])
+                                 + len(continuations[t[0]][t[1]])))
+    out = [[None] * len(c) for c in continuations]
+    start = 0
+    while start < len(jobs):
+        stop = start + 1
+        while stop < len(jobs):
+            i, k = jobs[stop]
+            if (stop + 1 - start) * (len(prompts[i])
+                                     + len(continuations[i][k])) > max_tokens:
+                break
+            stop += 1
+        chunk = jobs[start:stop]
+        start = stop
+        rows = [prompts[i] + continuations[i][k] for i, k in chunk]
+        T = max(map(len, rows))
+        x = torch.zeros((len(rows), T), dtype=torch.long)
+        am = torch.zeros_like(x)
+        for r, row in enumerate(rows):
+            x[r, :len(row)] = torch.tensor(row)
+            am[r, :len(row)] = 1
+        first = min(len(prompts[i]) for i, _ in chunk) - 1
+        logits = model(input_ids=x.to(device), attention_mask=am.to(device),
+                       logits_to_keep=T - first).logits.float()
+        # logits[:, j] predicts token first + j + 1
+        targets = x[:, first + 1:].to(device)
+        lp = (logits[:, :-1].gather(-1, targets[..., None])[..., 0]
+              - torch.logsumexp(logits[:, :-1], -1)).cpu()
+        for r, (i, k) in enumerate(chunk):
+            a = len(prompts[i]) - 1 - first  # predicts the continuation
+            out[i][k] = lp[r, a:a + len(continuations[i][k])]
     return out
