@@ -271,3 +271,23 @@ def test_kga_updates_the_same_with_held_or_minibatch_targets(
         assert a['retain_kl'] == pytest.approx(b['retain_kl'], abs=1e-4)
         assert a['alignment'] == pytest.approx(b['alignment'], abs=1e-4)
         assert a['retain_kl'] > 0
+
+
+def test_distillation_in_micro_batches_is_the_whole_set_update(tiny):
+    from workbench.data import full_batches
+    from workbench.train import accumulate
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (5, 8), generator=g)
+    am = torch.ones_like(ids)
+    am[1, 5:] = am[3, 3:] = 0  # rows of other lengths
+    data = {'input_ids': ids, 'attention_mask': am,
+            'target_logprobs': _logp(5, 7, 64, seed=3)}
+    tiny.requires_grad_(True)
+
+    def grads(micro):
+        tiny.zero_grad()
+        it, accum = full_batches(data, micro)
+        accumulate(tiny, [loo.loo_loss], it, accum)
+        return [p.grad.clone() for p in tiny.parameters()]
+    for a, b in zip(grads(5), grads(2)):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -256,7 +256,8 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
     if method == 'loo':
         return loo.unlearn(roles, 'original', setup.teachers, forget,
                            setup.partitions, loo.LOOConfig(
-                               lr=lr, steps=steps, seed=seed),
+                               lr=lr, steps=steps, seed=seed,
+                               micro_batch=micro),
                            name='loo', **common)
     if method == 'kga':
         return kga.unlearn(roles, 'original', 'A_f', 'A_n', forget, retain,

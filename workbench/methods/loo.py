@@ -11,13 +11,12 @@ those teachers saw s, so their average is what a model that never saw s
 predicts. The soft labels are fixed (the teachers are frozen), so they are
 computed once, before the first step.
 """
-import itertools
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import WorkbenchError
-from ..data import used_width
+from ..data import full_batches, used_width
 from ..metrics import token_kl
 from ..roles import vocab_logprobs
 from ..train import TrainConfig, train
@@ -36,13 +35,17 @@ class LOOConfig:
     ensemble: str = field(default='leave-one-out', metadata={
         'choices': ENSEMBLES, 'help': 'leave out the teacher that saw each '
                                       'sequence, or keep all (leaks)'})
+    micro_batch: int = field(default=8, metadata={
+        'min': 1, 'max': 32, 'help': 'sequences per forward pass (the same '
+                                     'update, less memory)'})
     seed: int = field(default=0, metadata={
         'min': 0, 'max': 100, 'help': 'random seed'})
 
     def __post_init__(self):
-        if not self.lr > 0 or self.steps < 1:
-            raise WorkbenchError(f'the leave-one-out method needs lr > 0 and '
-                                 f'steps >= 1, got {self}')
+        if not self.lr > 0 or self.steps < 1 or self.micro_batch < 1:
+            raise WorkbenchError(f'the leave-one-out method needs lr > 0, '
+                                 f'steps >= 1 and micro_batch >= 1, got '
+                                 f'{self}')
         if self.ensemble not in ENSEMBLES:
             raise WorkbenchError(f'ensemble is one of {ENSEMBLES}, not '
                                  f'{self.ensemble!r}')
@@ -119,10 +122,15 @@ def unlearn(roles, student, teachers, forget, partitions, config,
     targets = soft_labels(roles, teachers, forget, partitions,
                           config.ensemble)
     model = roles.copy(student, name)
-    batch = {**forget, 'target_logprobs': targets}
+    # every step is the whole forget set, in micro-batches weighed by their
+    # share of its tokens: the gradient of the KL averaged over all of them
+    batches, accum = full_batches(
+        {'input_ids': forget['input_ids'],
+         'attention_mask': forget['attention_mask'],
+         'target_logprobs': targets}, config.micro_batch)
     loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
-                       seed=config.seed, desc=f'{config.ensemble} '
-                                              f'distillation',
+                       grad_accum=accum, seed=config.seed,
+                       desc=f'{config.ensemble} distillation',
                        guard_bound=guard_bound, progress=progress)
-    return train(model, loo_loss, itertools.repeat(batch), loop, callbacks,
-                 evaluate, should_stop)
+    return train(model, loo_loss, batches, loop, callbacks, evaluate,
+                 should_stop)
