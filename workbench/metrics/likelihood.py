@@ -405,12 +405,7 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
             seqs = [[prompts[i][-1], *continuations[i][k]]
                     for _, i, k in chunk]
             L = max(map(len, seqs))
-            x = torch.zeros((len(chunk), L), dtype=torch.long)
-            xm = torch.zeros_like(x)
-            for r, s in enumerate(seqs):
-                x[r, :len(s)] = torch.tensor(s)
-                xm[r, :len(s)] = 1
-            x, xm = x.to(device), xm.to(device)
+            x, xm = (t.to(device) for t in _right_padded(seqs))
             rows = torch.tensor([j for j, _, _ in chunk], device=device)
             start = torch.tensor([len(prompts[i]) - 1 for _, i, _ in chunk],
                                  device=device)
@@ -452,12 +447,8 @@ def _whole_rows_logprobs(model, prompts, continuations, max_tokens=1024):
         chunk = jobs[start:stop]
         start = stop
         rows = [prompts[i] + continuations[i][k] for i, k in chunk]
-        T = max(map(len, rows))
-        x = torch.zeros((len(rows), T), dtype=torch.long)
-        am = torch.zeros_like(x)
-        for r, row in enumerate(rows):
-            x[r, :len(row)] = torch.tensor(row)
-            am[r, :len(row)] = 1
+        x, am = _right_padded(rows)
+        T = x.shape[1]
         first = min(len(prompts[i]) for i, _ in chunk) - 1
         logits = model(input_ids=x.to(device), attention_mask=am.to(device),
                        logits_to_keep=T - first).logits.float()
@@ -469,3 +460,13 @@ def _whole_rows_logprobs(model, prompts, continuations, max_tokens=1024):
             a = len(prompts[i]) - 1 - first  # predicts the continuation
             out[i][k] = lp[r, a:a + len(continuations[i][k])]
     return out
+
+
+def _right_padded(seqs):
+    """Token lists as a right-padded (B, T) batch (zeros) and its mask."""
+    x = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for r, seq in enumerate(seqs):
+        x[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+    return x, mask
