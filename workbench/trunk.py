@@ -35,10 +35,9 @@ _ASKED = ('use_cache', 'output_hidden_states', 'output_attentions')
 
 def trunk_of(model):
     """The enabled `FrozenTrunk` installed on `model`'s decoder, or None."""
-    get = getattr(model, 'get_decoder', None)
-    decoder = get() if callable(get) else None
-    trunk = getattr(vars(decoder).get('forward') if decoder is not None
-                    else None, '__self__', None)
+    decoder = model.get_decoder() if hasattr(model, 'get_decoder') else None
+    forward = vars(decoder).get('forward') if decoder is not None else None
+    trunk = getattr(forward, '__self__', None)
     return trunk if isinstance(trunk, FrozenTrunk) and trunk.enabled else None
 
 
@@ -57,7 +56,7 @@ class FrozenTrunk:
         self.bottom = torch.nn.ModuleList(list(self.layers)[:first_trained])
         self.top = torch.nn.ModuleList(list(self.layers)[first_trained:])
         self.max_bytes = max_bytes
-        self.states = {}  # row key -> (width, hidden) entering layer k
+        self.states = {}  # row key -> its (width, d) states entering layer k
         self.bytes = 0
         self.hits = self.misses = 0
         self._own = vars(self.decoder).get('forward')  # set on the instance

@@ -124,12 +124,6 @@ def privleak(auc_unlearned, auc_retrained):
     return (auc_unlearned - auc_retrained) / auc_retrained * 100
 
 
-def answer_of(text):
-    """A generated answer: its text up to the first newline after any
-    leading whitespace."""
-    return text.strip().split('\n')[0].strip()
-
-
 def generate_answers(model, tokenizer, questions, max_new_tokens=32):
     """Greedy answers to questions in the Q&A template, cut at a newline;
     a row stops decoding once its answer is complete (a newline follows
@@ -141,8 +135,8 @@ def generate_answers(model, tokenizer, questions, max_new_tokens=32):
     prompts = [tokenizer(prompt_of(q))['input_ids'] for q in questions]
     gens = greedy_continue(model, prompts, [max_new_tokens] * len(prompts),
                            tokenizer.pad_token_id, stop=complete)
-    return [answer_of(tokenizer.decode(g, skip_special_tokens=True))
-            for g in gens]
+    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
+    return [t.strip().split('\n')[0].strip() for t in texts]
 
 
 def rouge_l_recall(predictions, references, measure='recall'):
