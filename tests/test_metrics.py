@@ -7,6 +7,7 @@ import torch
 
 from conftest import UniformLM
 from workbench import metrics
+from workbench.metrics.likelihood import cache_of, with_cache
 
 CHAIN = torch.arange(12)[None]  # 0, 1, ..., 11: what SuccessorLM predicts
 # x = 0 1 2 5 6: the argmax misses only at 5 (it predicts 3)
@@ -268,8 +269,8 @@ def _decode(model, cache, first, steps, select=None):
         mask_len += 1
         mask = torch.ones((len(token), mask_len), dtype=torch.long)
         res = model(input_ids=token[:, None], attention_mask=mask,
-                    past_key_values=cache, use_cache=True)
-        cache = res.past_key_values
+                    use_cache=True, **with_cache(model, cache))
+        cache = cache_of(res)
         out.append(res.logits[:, -1])
         token = res.logits[:, -1].argmax(-1)
     return torch.stack(out, 1)
@@ -283,7 +284,7 @@ def test_rows_cache_decodes_as_a_copied_cache(tiny, select):
     from workbench.metrics.likelihood import rows_cache
     torch.manual_seed(0)
     ids = torch.randint(1, 64, (2, 9))
-    cache = tiny(input_ids=ids, use_cache=True).past_key_values
+    cache = cache_of(tiny(input_ids=ids, use_cache=True))
     rows = torch.tensor([1, 0, 1])
     plain = copy.deepcopy(cache)
     plain.reorder_cache(rows)
