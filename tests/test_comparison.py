@@ -73,3 +73,32 @@ def test_every_method_against_the_oracle(smoke_record):
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims['oracle_forgot'] and claims['every_method_lowers_extraction']
     assert claims['relearning_recovers_ascent']
+
+
+def test_helper_roles_are_trained_when_their_method_first_runs(
+        monkeypatch, cache):
+    from workbench.roles import Roles
+    fitted = []
+
+    def fit(self, name, texts, epochs, lr=None, seed=0, desc=None,
+            start=None):  # an untrained adapter, recorded
+        fitted.append((name, len(texts), epochs, start))
+        self.add(name)
+        self.keys[name] = name
+        return {}
+    monkeypatch.setattr(Roles, 'fit', fit)
+    s = compare.setup('smoke', progress=False)
+    assert [f[0] for f in fitted] == ['original', 'retrained']
+    assert compare.helper_roles(s, 'ga') == []
+    assert compare.helper_roles(s, 'loo') == s.teachers
+    # every person in exactly one teacher's partition
+    sizes = s.sizes
+    assert sum(f[1] for f in fitted[2:]) == 4 * (sizes['forget']
+                                                 + sizes['retain'])
+    compare.helper_roles(s, 'kga')
+    compare.helper_roles(s, 'whp')
+    compare.helper_roles(s, 'loo')  # once only
+    names = [f[0] for f in fitted]
+    assert names == ['original', 'retrained', *s.teachers, 'A_f', 'A_n',
+                     'reinforced']
+    assert fitted[-1][2:] == (sizes['reinforce'], 'original')
