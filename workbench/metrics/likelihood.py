@@ -372,7 +372,9 @@ def continuation_logprobs(model, prompts, continuations, max_tokens=1024):
     runs its prompt's last token followed by its own tokens at their true
     positions. The numbers are those of one pass over prompt + continuation
     (up to float rounding); the compute shrinks by about the prompt's
-    length times the number of continuations per prompt.
+    length times the number of continuations per prompt. A model with a
+    frozen trunk scores whole rows instead, which the trunk makes cheaper
+    (`_whole_rows_logprobs`).
     """
     from ..trunk import trunk_of
     if trunk_of(model) is not None:
