@@ -136,8 +136,6 @@ class FrozenTrunk:
         for b, key in enumerate(keys):
             if key not in self.states:
                 new.setdefault(key, b)
-        self.hits += len(keys) - len(new)
-        self.misses += len(new)
         if new:
             widths = [len(key[0]) for key in new]
             embed = self.decoder.get_input_embeddings().weight
@@ -150,6 +148,8 @@ class FrozenTrunk:
             for j, key in enumerate(new):
                 self.states[key] = h[j, :widths[j]].clone()
             self.bytes += size
+        self.hits += len(keys) - len(new)
+        self.misses += len(new)
         B, T = input_ids.shape
         first = self.states[keys[0]]
         out = first.new_zeros((B, T, first.shape[-1]))

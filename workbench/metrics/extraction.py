@@ -59,7 +59,6 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32,
     for c in range(0, len(order), batch_size):
         chunk = order[c:c + batch_size]
         width = max(len(prefixes[i]) for i in chunk)
-        steps = max(lengths[i] for i in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for j, i in enumerate(chunk):
@@ -73,14 +72,12 @@ def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32,
                     use_cache=True, logits_to_keep=1)
         tokens = [res.logits[:, -1].argmax(-1)]
         ends = [lengths[i] for i in chunk]  # tokens kept of each row
-        for t in range(1, steps + 1):
+        while True:
+            t = len(tokens)
             if stop is not None:
-                done = stop(torch.stack(tokens, dim=1).cpu())
-                ends = [min(e, t) if d else e for e, d in
-                        zip(ends, done.tolist())]
-                if all(e <= t for e in ends):
-                    break
-            if t == steps:
+                done = stop(torch.stack(tokens, dim=1).cpu()).tolist()
+                ends = [min(e, t) if d else e for e, d in zip(ends, done)]
+            if all(e <= t for e in ends):
                 break
             mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
             pos = pos[:, -1:] + 1
