@@ -2,6 +2,7 @@
 the gap objective, the roles that hold every model on one base, and the
 canary metrics; each against a hand computation."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -90,6 +91,43 @@ def test_kga_alignment_is_the_gap_difference(tiny):
     assert loss.item() == pytest.approx(0.25, abs=1e-4)
 
 
+def test_head_kl_by_chunks_has_the_whole_batch_value_and_gradient(tiny):
+    """KGA's alignment KL with the output head a few positions at a time
+    (`vocab_kl`) against the plain expression on the whole batch's
+    logits: the same value and the same gradient, with padding, a float16
+    target and chunks that do not divide the positions."""
+    from workbench.roles import decoder_and_head, vocab_kl
+    ids = torch.randint(1, 64, (3, 7), generator=torch.Generator()
+                        .manual_seed(1))
+    am = torch.ones_like(ids)
+    am[1, 5:] = 0
+    am[2, 3:] = 0
+    batch = {'input_ids': ids, 'attention_mask': am}
+    target = _logp(3, 6, 64, seed=4).half()
+    assert decoder_and_head(tiny) is not None
+    tiny.train()
+
+    def gradient(loss):
+        tiny.zero_grad()
+        (loss - 0.1).abs().backward()
+        return torch.cat([q.grad.flatten() for q in tiny.parameters()
+                          if q.grad is not None])
+
+    logp, mask = kga.vocab_logprobs(tiny, batch)
+    plain = metrics.token_kl(target, logp, mask)
+    plain_grad = gradient(plain)
+    for chunk in (1, 4, 128):
+        decoder, head = decoder_and_head(tiny)
+        hidden = decoder(**batch).last_hidden_state[:, :-1]
+        kl = metrics.head_kl_sum(hidden[mask], head, target[mask],
+                                 chunk) / mask.sum()
+        assert kl.item() == pytest.approx(plain.item(), rel=1e-6)
+        assert torch.allclose(gradient(kl), plain_grad, atol=1e-7,
+                              rtol=1e-4)
+    assert vocab_kl(tiny, batch, target).item() == pytest.approx(
+        plain.item(), rel=1e-6)
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(WorkbenchError, match='ensemble'):
         loo.LOOConfig(ensemble='half')
@@ -141,7 +179,11 @@ def test_roles_share_one_base(roles, cache):
     assert again['cached'] is True
     with roles.active('c') as m:
         assert torch.allclose(m(**batch).logits, trained)
-    roles.drop('c')
+    assert roles.model.active_adapter == 'c'
+    with warnings.catch_warnings():  # dropping the active role: no warning
+        warnings.simplefilter('error')
+        roles.drop('c')
+    assert roles.model.active_adapter in roles.names
     with pytest.raises(WorkbenchError, match="no role 'c'"):
         roles.state('c')
 

@@ -25,7 +25,7 @@ import torch
 
 from . import WorkbenchError, models
 from .data import bucketed_batches, tokenize, used_width
-from .metrics import memorization_accuracy
+from .metrics import head_kl_sum, memorization_accuracy, token_kl
 from .paths import cache_dir, cache_lock
 from .profiles import get_profile
 from .train import TrainConfig, token_nll, train
@@ -127,9 +127,11 @@ class Roles:
         if len(self.names) == 1:
             raise WorkbenchError('the last role cannot be dropped')
         active = self.model.active_adapter
-        self.model.delete_adapter(name)
-        if active != name:
+        if active == name:  # the first other role becomes the active one
+            active = next(n for n in self.names if n != name)
             self.model.set_adapter(active)
+        self.model.delete_adapter(name)
+        self.model.set_adapter(active)
         self.info.pop(name, None)
         self.keys.pop(name, None)
 
@@ -290,3 +292,56 @@ def vocab_logprobs(model, batch):
     mask = am[:, 1:].bool() & am[:, :-1].bool()
     return torch.log_softmax(logits, -1), mask
 
+
+
+_split_checked = {}  # type of model -> whether its logits are head(decoder)
+
+
+def decoder_and_head(model):
+    """(decoder, output head) of a causal LM, or of a PeftModel of one,
+    when its logits are the head applied to the decoder's last hidden
+    states (checked once per architecture on a small batch); else None."""
+    base = model.get_base_model() if hasattr(model, 'get_base_model') \
+        else model
+    if not (hasattr(base, 'get_decoder') and hasattr(base,
+                                                     'get_output_embeddings')):
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    kind = type(base)
+    if kind not in _split_checked:
+        device = next(base.parameters()).device
+        ids = torch.arange(8, device=device)[None] % base.config.vocab_size
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                full = model(input_ids=ids).logits.float()
+                split = head(decoder(input_ids=ids).last_hidden_state)
+        finally:
+            model.train(was)
+        _split_checked[kind] = bool(torch.allclose(full, split.float(),
+                                                   atol=1e-4))
+    return (decoder, head) if _split_checked[kind] else None
+
+
+def vocab_kl(model, batch, target_logprobs):
+    """token_kl(target_logprobs, *vocab_logprobs(model, batch)), with its
+    gradient, without the batch's (B, W-1, V) logits at once: the decoder
+    runs over the whole batch, the output head over a few hundred
+    positions at a time, again in the backward pass (`head_kl_sum`). The
+    same value and gradient in the memory of those positions' logits (a
+    49k vocabulary makes the whole batch's most of an update's memory)."""
+    parts = decoder_and_head(model)
+    if parts is None:
+        logp, mask = vocab_logprobs(model, batch)
+        return token_kl(target_logprobs, logp, mask)
+    decoder, head = parts
+    ids, am = batch['input_ids'], batch['attention_mask']
+    width = used_width(am)
+    device = next(model.parameters()).device
+    ids, am = ids[:, :width].to(device), am[:, :width].to(device)
+    hidden = decoder(input_ids=ids,
+                     attention_mask=am).last_hidden_state[:, :-1]
+    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    target = target_logprobs[:, :width - 1].to(device)[mask]
+    return head_kl_sum(hidden[mask], head, target) / mask.sum().clamp(min=1)

@@ -22,7 +22,7 @@ import torch
 
 from .. import WorkbenchError
 from ..metrics import token_kl
-from ..roles import vocab_logprobs
+from ..roles import vocab_kl, vocab_logprobs
 from ..train import TrainConfig, train
 
 
@@ -72,9 +72,10 @@ def mean_kl(roles, target, model_role, data, rows=8):
 
 def alignment(model, forget, gap):
     """|KL(A_f || A*) on the forget texts - the new-data gap|, with the
-    forget gap itself."""
-    logp, mask = vocab_logprobs(model, forget)
-    forget_gap = token_kl(forget['target_logprobs'], logp, mask)
+    forget gap itself. The KL is over the whole forget set at once (the
+    absolute value is of the set's mean), its logits a few texts at a time
+    (`vocab_kl`)."""
+    forget_gap = vocab_kl(model, forget, forget['target_logprobs'])
     return (forget_gap - gap).abs(), forget_gap
 
 

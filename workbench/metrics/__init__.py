@@ -8,7 +8,7 @@ from .extraction import (exact_memorization, extraction_likelihood,
                          forgetting_thresholds, greedy_continue,
                          memorization_accuracy, overlap)
 from .canary import exposure, exposures, extraction
-from .divergence import lpd_pdlp, token_jsd, token_kl
+from .divergence import head_kl_sum, lpd_pdlp, token_jsd, token_kl
 from .likelihood import (mia_auc, mia_aucs, mia_scores,
                          perplexity, sequence_nll, token_stats)
 from .qa import (answer_probability, forget_quality, generate_answers,
@@ -18,7 +18,7 @@ from .spans import (char_precision_recall, selective_extraction_likelihood,
                     selective_memorization_accuracy, span_mask)
 
 __all__ = [
-    'answer_probability', 'char_precision_recall', 'exact_memorization',
+    'answer_probability', 'char_precision_recall', 'head_kl_sum', 'exact_memorization',
     'exposure', 'exposures', 'extraction', 'extraction_likelihood',
     'extraction_likelihood_naive', 'extraction_strength', 'forget_quality',
     'forgetting_thresholds', 'generate_answers', 'greedy_continue',

@@ -43,6 +43,57 @@ class _PositionKL(torch.autograd.Function):
         return grad_t, grad_logp
 
 
+class _HeadKL(torch.autograd.Function):
+    """sum over positions of KL(target || softmax(h W^T + b)) for (N, d)
+    hidden states h, the output head's (V, d) weight W and bias b, and (N,
+    V) target log-distributions, computed `chunk` positions at a time and
+    never held for all N: the backward pass recomputes each chunk's logits
+    z, whose gradient is softmax(z) sum_v exp(t_v) - exp(t)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target_logp, chunk):
+        ctx.save_for_backward(hidden, weight, bias, target_logp)
+        ctx.chunk = chunk
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for i in range(0, hidden.shape[0], chunk):
+            z = torch.nn.functional.linear(hidden[i:i + chunk], weight,
+                                           bias).float()
+            t = target_logp[i:i + chunk].float()
+            total += (t.exp() * (t - torch.log_softmax(z, -1))).sum()
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, target_logp = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[i:i + ctx.chunk]
+            z = torch.nn.functional.linear(h, weight, bias).float()
+            q = target_logp[i:i + ctx.chunk].float().exp()
+            # softmax(z) sum(q) - q: a float16 target sums to 1 only nearly
+            dz = torch.softmax(z, -1).mul_(q.sum(-1, keepdim=True)).sub_(
+                q).mul_(grad).to(weight.dtype)
+            if need_h:
+                grad_h[i:i + ctx.chunk] = (dz @ weight).to(hidden.dtype)
+            if need_w:  # a trainable head (or embeddings tied to it)
+                grad_w += dz.T @ h.to(weight.dtype)
+            if need_b:
+                grad_b += dz.sum(0)
+        return grad_h, grad_w, grad_b, None, None
+
+
+def head_kl_sum(hidden, head, target_logp, chunk=128):
+    """The sum of KL(target || model) over positions whose (N, d) last
+    hidden states are `hidden`, the model's logits being `head(hidden)`
+    (a linear layer): as `token_kl` of the log-softmax of those logits
+    (a sum, not a mean), with its gradient, in the memory of `chunk`
+    positions' logits instead of all N."""
+    return _HeadKL.apply(hidden, head.weight, head.bias, target_logp, chunk)
+
+
 def token_kl(target_logp, logp, mask):
     """Mean over real target tokens of KL(target || model) per position:
     sum_v q(v) (log q(v) - log p(v)). Both log-distributions are (B, T, V);
