@@ -45,8 +45,8 @@ class KGASetup:
         largest thing held while KGA trains, and the JSD it gives moves by
         less than 1e-4 nats (a test checks)."""
         if split not in self.retrained:
-            logp, mask = self.roles.logprobs('A_Dr', self.tokens[split])
-            self.retrained[split] = logp.half(), mask
+            self.retrained[split] = self.roles.logprobs(
+                'A_Dr', self.tokens[split], dtype=torch.float16)
         return self.retrained[split]
 
     @property

@@ -91,8 +91,8 @@ def retain_loss(model, batch):
     """KGA's retain term, weighted; `batch['retain']` is a retained
     minibatch with A_D's frozen distributions on it."""
     # alpha L_r = alpha KL(A_D(x_r) || A*(x_r))
-    logp, mask = vocab_logprobs(model, batch['retain'])
-    l_r = token_kl(batch['retain']['target_logprobs'], logp, mask)
+    l_r = vocab_kl(model, batch['retain'],
+                   batch['retain']['target_logprobs'])
     return batch['alpha'] * l_r, {'retain_kl': l_r.item()}
 
 
