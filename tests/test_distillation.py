@@ -126,6 +126,13 @@ def test_head_kl_by_chunks_has_the_whole_batch_value_and_gradient(tiny):
                               rtol=1e-4)
     assert vocab_kl(tiny, batch, target).item() == pytest.approx(
         plain.item(), rel=1e-6)
+    # a float32 target: the same, and left as it was
+    target32 = target.float()
+    kept = target32.clone()
+    kl = vocab_kl(tiny, batch, target32)
+    assert kl.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.allclose(gradient(kl), plain_grad, atol=1e-7, rtol=1e-3)
+    assert torch.equal(target32, kept)
 
 
 def test_bad_configs_are_refused():

@@ -161,14 +161,17 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
                        'alpha': config.retain_weight, 'retain': batch}
 
     def measured(m):
+        target, out = forget_t['target_logprobs'], {}
         with torch.no_grad():
-            logp, mask = vocab_logprobs(m, forget_t)
-            fg = token_kl(forget_t['target_logprobs'], logp, mask)
-            out = {'kga/alignment': (fg - gap).abs().item(),
-                   'kga/forget_gap': fg.item(), 'kga/new_gap': gap}
-            if evaluate_forget:
+            if evaluate_forget:  # it reads the forget log-distributions
+                logp, mask = vocab_logprobs(m, forget_t)
+                fg = token_kl(target, logp, mask)
                 out.update(evaluate_forget(m, logp, mask))
-        del logp
+                del logp
+            else:
+                fg = vocab_kl(m, forget_t, target)
+        out.update({'kga/alignment': (fg - gap).abs().item(),
+                    'kga/forget_gap': fg.item(), 'kga/new_gap': gap})
         return {**out, **(evaluate(m) if evaluate else {})}
 
     def stop(metrics):

@@ -85,7 +85,7 @@ def loo_loss(model, batch):
     return token_kl(batch['target_logprobs'], logp, mask)
 
 
-def soft_labels(roles, teachers, forget, partitions, ensemble, rows=4):
+def soft_labels(roles, teachers, forget, partitions, ensemble, rows=2):
     """The fixed soft labels of the forget sequences: `partitions[b]` is
     the index (in `teachers`) of the teacher whose data held row b.
     Computed `rows` sequences at a time: all teachers' distributions of

@@ -58,8 +58,11 @@ class _HeadKL(torch.autograd.Function):
         for i in range(0, hidden.shape[0], chunk):
             z = torch.nn.functional.linear(hidden[i:i + chunk], weight,
                                            bias).float()
-            t = target_logp[i:i + chunk].float()
-            total += (t.exp() * (t - torch.log_softmax(z, -1))).sum()
+            logp = torch.log_softmax(z, -1)
+            del z
+            t = target_logp[i:i + chunk].float()  # may be the target itself
+            # sum_v exp(t) (t - logp), in place in logp
+            total += logp.neg_().add_(t).mul_(t.exp()).sum()
         return total
 
     @staticmethod
