@@ -293,7 +293,6 @@ def vocab_logprobs(model, batch):
     return torch.log_softmax(logits, -1), mask
 
 
-
 _split_checked = {}  # type of model -> whether its logits are head(decoder)
 
 
@@ -327,10 +326,10 @@ def decoder_and_head(model):
 def vocab_kl(model, batch, target_logprobs):
     """token_kl(target_logprobs, *vocab_logprobs(model, batch)), with its
     gradient, without the batch's (B, W-1, V) logits at once: the decoder
-    runs over the whole batch, the output head over a few hundred
-    positions at a time, again in the backward pass (`head_kl_sum`). The
-    same value and gradient in the memory of those positions' logits (a
-    49k vocabulary makes the whole batch's most of an update's memory)."""
+    runs over the whole batch, the output head over 128 positions at a
+    time, again in the backward pass (`head_kl_sum`). The same value and
+    gradient in the memory of those positions' logits (a 49k vocabulary
+    makes the whole batch's most of an update's memory)."""
     parts = decoder_and_head(model)
     if parts is None:
         logp, mask = vocab_logprobs(model, batch)

@@ -18,13 +18,13 @@ from .spans import (char_precision_recall, selective_extraction_likelihood,
                     selective_memorization_accuracy, span_mask)
 
 __all__ = [
-    'answer_probability', 'char_precision_recall', 'head_kl_sum', 'exact_memorization',
+    'answer_probability', 'char_precision_recall', 'exact_memorization',
     'exposure', 'exposures', 'extraction', 'extraction_likelihood',
     'extraction_likelihood_naive', 'extraction_strength', 'forget_quality',
     'forgetting_thresholds', 'generate_answers', 'greedy_continue',
-    'lpd_pdlp', 'memorization_accuracy', 'mia_auc', 'mia_aucs',
-    'mia_scores', 'model_utility', 'multiple_choice_accuracy', 'overlap',
-    'perplexity', 'privleak', 'rouge_l_recall',
+    'head_kl_sum', 'lpd_pdlp', 'memorization_accuracy', 'mia_auc',
+    'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
+    'overlap', 'perplexity', 'privleak', 'rouge_l_recall',
     'selective_extraction_likelihood', 'selective_memorization_accuracy',
     'sequence_nll', 'span_mask', 'token_jsd', 'token_kl', 'token_stats',
     'truth_ratio', 'truth_ratios',
