@@ -284,13 +284,19 @@ def vocab_logprobs(model, batch):
     """The model's next-token log-distribution at every target position of
     a batch, (B, W-1, V), and the mask of real targets (see
     `train.token_logprobs` for the trimming and masking)."""
+    ids, am, mask = _trimmed(model, batch)
+    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1), mask
+
+
+def _trimmed(model, batch):
+    """A batch's ids and attention mask cut to its used width, on the
+    model's device, and the mask of its real targets."""
     ids, am = batch['input_ids'], batch['attention_mask']
     width = used_width(am)
     device = next(model.parameters()).device
     ids, am = ids[:, :width].to(device), am[:, :width].to(device)
-    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-    mask = am[:, 1:].bool() & am[:, :-1].bool()
-    return torch.log_softmax(logits, -1), mask
+    return ids, am, am[:, 1:].bool() & am[:, :-1].bool()
 
 
 _split_checked = {}  # type of model -> whether its logits are head(decoder)
@@ -335,12 +341,8 @@ def vocab_kl(model, batch, target_logprobs):
         logp, mask = vocab_logprobs(model, batch)
         return token_kl(target_logprobs, logp, mask)
     decoder, head = parts
-    ids, am = batch['input_ids'], batch['attention_mask']
-    width = used_width(am)
-    device = next(model.parameters()).device
-    ids, am = ids[:, :width].to(device), am[:, :width].to(device)
+    ids, am, mask = _trimmed(model, batch)
     hidden = decoder(input_ids=ids,
                      attention_mask=am).last_hidden_state[:, :-1]
-    mask = am[:, 1:].bool() & am[:, :-1].bool()
-    target = target_logprobs[:, :width - 1].to(device)[mask]
+    target = target_logprobs[:, :mask.shape[1]].to(mask.device)[mask]
     return head_kl_sum(hidden[mask], head, target) / mask.sum().clamp(min=1)
