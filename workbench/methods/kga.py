@@ -73,8 +73,8 @@ def mean_kl(roles, target, model_role, data, rows=8):
 def alignment(model, forget, gap):
     """|KL(A_f || A*) on the forget texts - the new-data gap|, with the
     forget gap itself. The KL is over the whole forget set at once (the
-    absolute value is of the set's mean), its logits a few texts at a time
-    (`vocab_kl`)."""
+    absolute value is of the set's mean), its logits 128 positions at a
+    time (`vocab_kl`)."""
     forget_gap = vocab_kl(model, forget, forget['target_logprobs'])
     return (forget_gap - gap).abs(), forget_gap
 
