@@ -12,6 +12,12 @@
   retrain of all S shards, times S; LoRA fine-tuning of MiniLM per shard.
   1.0 is a whole shard retrained at no overhead; slices make it lower.
   Goal <= 1.3.
+- head_memory_ratio: what a LoRA training step on two of the people's bios
+  (the `cpu` profile's micro-batch) adds to the memory, scoring with the
+  output head a chunk of positions at a time (`train.token_logprobs`) over
+  scoring with the whole batch's logits; each way in a fresh process, with
+  the time of a step each way (`head_time_ratio`, goal about 1). The
+  notebooks that fine-tune SmolLM2 peak in such a step.
 - notebooks (`--only notebooks`, about an hour and a half on 2 cores):
   every notebook run headless as a user runs it (`python -m workbench run
   NAME`), on `smoke` (their sum is the smoke suite's time) and on `cpu`,
@@ -76,6 +82,61 @@ def loop_ratio(model, tok, steps=6, repeats=3):
                                    'batch': list(batch['input_ids'].shape)}
 
 
+# one side of the head benchmark, in a process of its own: the step's
+# added memory is the peak resident set (reset through clear_refs) over
+# the resident set before it
+HEAD_STEP = """
+import gc, json, sys, time
+from workbench import data, models, train
+from workbench.profiles import get_profile
+if sys.argv[1] == 'logits':
+    train.decoder_and_head = lambda model: None  # the whole batch's logits
+profile = get_profile('cpu')
+model, tok = models.load_causal_lm(profile.model, profile)
+model = models.prepare(model, profile).train()
+texts = [r['text'] for r in data.people('retain', profile.micro_batch)]
+batch = data.tokenize(tok, texts)
+
+
+def status(key):
+    with open('/proc/self/status') as f:
+        line = next(x for x in f if x.startswith(key + ':'))
+    return int(line.split()[1]) * 1024
+
+
+added, seconds = [], []
+for i in range(4):  # the first is a warm-up
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # VmHWM := VmRSS
+    before, t = status('VmRSS'), time.perf_counter()
+    train.token_nll(model, batch).backward()
+    seconds.append(time.perf_counter() - t)
+    added.append(status('VmHWM') - before)
+print(json.dumps({'added': added[1:], 'seconds': seconds[1:],
+                  'batch': list(batch['input_ids'].shape)}))
+"""
+
+
+def head_memory(repeats=2):
+    """Memory a LoRA step adds, and its time: the head by chunks over the
+    whole batch's logits, each side in fresh processes, interleaved."""
+    runs = {'chunks': [], 'logits': []}
+    for _ in range(repeats):
+        for side in runs:
+            out = subprocess.run([sys.executable, '-c', HEAD_STEP, side],
+                                 capture_output=True, text=True, check=True)
+            runs[side].append(json.loads(out.stdout.splitlines()[-1]))
+    added = {k: min(min(r['added']) for r in v) for k, v in runs.items()}
+    secs = {k: min(min(r['seconds']) for r in v) for k, v in runs.items()}
+    return added['chunks'] / added['logits'], secs['chunks'] / secs[
+        'logits'], {'chunks_mb': added['chunks'] / 1e6,
+                    'logits_mb': added['logits'] / 1e6,
+                    'chunks_s': secs['chunks'], 'logits_s': secs['logits'],
+                    'batch': runs['chunks'][0]['batch']}
+
+
 def el_speedup(model, tok, texts, max_tokens=48):
     """Naive EL_10 time over batched EL_10 time; values must be equal."""
     enc = data.tokenize(tok, texts, max_length=max_tokens)
@@ -126,7 +187,7 @@ def sisa_deletion(n_train=600, shards=4, slices=4, epochs=3, requests=6):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--out', default='bench/results.json')
-    parser.add_argument('--only', choices=['loop', 'el', 'sisa',
+    parser.add_argument('--only', choices=['loop', 'el', 'sisa', 'head',
                                            'notebooks'],
                         help='run one benchmark (and keep the others '
                              'already in --out)')
@@ -155,6 +216,8 @@ def main():
         loop_benchmark(results)
     if args.only in (None, 'el'):
         el_benchmark(results)
+    if args.only in (None, 'head'):
+        head_benchmark(results)
     failed = []
     if args.only in (None, 'notebooks'):
         failed = notebook_benchmark(results, names, profiles, out)
@@ -283,6 +346,15 @@ def el_benchmark(results):
                                     **detail}
 
 
+def head_benchmark(results):
+    memory, seconds, detail = head_memory()
+    results['head_memory_ratio'] = {'value': memory, 'goal': '< 1',
+                                    **detail}
+    results['head_time_ratio'] = {'value': seconds, 'goal': 'about 1',
+                                  'chunks_s': detail['chunks_s'],
+                                  'logits_s': detail['logits_s']}
+
+
 def save(results, out):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
@@ -298,6 +370,8 @@ def report(results, out):
         extra = {x: v[x] for x in ('identical', 'bare_s', 'ours_s', 'fast_s',
                                    'naive_s', 'full_retrain_s',
                                    'work_fraction_times_shards', 'notebook',
+                                   'chunks_mb', 'logits_mb', 'chunks_s',
+                                   'logits_s',
                                    'complete') if x in v}
         extra = ', '.join(f'{a}={b:.2f}' if isinstance(b, float)
                           else f'{a}={b}' for a, b in extra.items())

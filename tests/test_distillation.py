@@ -96,7 +96,8 @@ def test_head_kl_by_chunks_has_the_whole_batch_value_and_gradient(tiny):
     (`vocab_kl`) against the plain expression on the whole batch's
     logits: the same value and the same gradient, with padding, a float16
     target and chunks that do not divide the positions."""
-    from workbench.roles import decoder_and_head, vocab_kl
+    from workbench.models import decoder_and_head
+    from workbench.roles import vocab_kl
     ids = torch.randint(1, 64, (3, 7), generator=torch.Generator()
                         .manual_seed(1))
     am = torch.ones_like(ids)

@@ -229,10 +229,18 @@ def ragged_batch():
     return {'input_ids': IDS * am, 'attention_mask': am}
 
 
-def test_a_recorded_training_forward_pass_serves_token_stats():
+@pytest.mark.parametrize('lora', [False, True])
+def test_a_recorded_training_forward_pass_serves_token_stats(lora):
+    """With a trainable head the step runs the model; with LoRA it runs
+    the decoder and the head by chunks, and records what it scored."""
     from workbench.metrics.likelihood import (known_stats, recorded_forward,
                                               token_stats)
+    from workbench.models import add_lora
     model, batch = tiny_llama(), ragged_batch()
+    if lora:
+        model = add_lora(model, 4)
+    batch['target_mask'] = torch.zeros_like(batch['input_ids'])
+    batch['target_mask'][:, 9:] = 1  # the loss's targets: not all recorded
     ids, am = batch['input_ids'], batch['attention_mask']
     own = token_stats(model, ids, am)
     model.train()
@@ -351,3 +359,55 @@ def test_clipping_is_clip_grad_norm_to_the_bit(max_norm):
         assert norm > 1e-2 and after == pytest.approx(1e-3, rel=1e-3)
     else:
         assert torch.equal(after, norm)
+
+
+def plain_logprobs(model, batch):
+    """log p of every next token from the model's full logits."""
+    logits = model(input_ids=batch['input_ids'],
+                   attention_mask=batch['attention_mask']).logits[:, :-1]
+    return torch.log_softmax(logits.float(), -1).gather(
+        -1, batch['input_ids'][:, 1:, None])[..., 0]
+
+
+def test_a_frozen_head_scores_by_chunks_with_the_same_numbers_and_gradient():
+    from workbench.metrics.likelihood import head_logprobs
+    from workbench.models import add_lora, decoder_and_head
+    from workbench.train import token_logprobs
+    model, batch = add_lora(tiny_llama(), 4).train(), ragged_batch()
+    batch['target_mask'] = torch.zeros_like(batch['input_ids'])
+    batch['target_mask'][:, 5:] = 1
+    weights = torch.rand(4, 15, generator=torch.Generator().manual_seed(2))
+
+    def gradient(logp, mask):
+        model.zero_grad()
+        (logp * mask * weights).sum().backward()  # any weighting of tokens
+        return torch.cat([q.grad.flatten() for q in model.parameters()
+                          if q.grad is not None])
+
+    from workbench.data import targets
+    mask = targets(batch)
+    full = plain_logprobs(model, batch)
+    expected = gradient(full, mask)
+    logp, got_mask = token_logprobs(model, batch)
+    assert torch.equal(got_mask, mask)
+    assert torch.allclose(logp[mask], full[mask], atol=1e-5)
+    assert torch.all(logp[~mask] == 0)
+    assert torch.allclose(gradient(logp, mask), expected, atol=1e-6,
+                          rtol=1e-4)
+    decoder, head = decoder_and_head(model)
+    hidden = decoder(**{k: batch[k] for k in ('input_ids',
+                                              'attention_mask')}
+                     ).last_hidden_state[:, :-1]
+    ids = batch['input_ids'][:, 1:]
+    for chunk in (1, 3, 1000):  # chunks that do and do not divide
+        lp, hit = head_logprobs(hidden[mask], head, ids[mask], chunk)
+        assert torch.allclose(lp, full[mask], atol=1e-5)
+        assert torch.equal(hit, (model(**{k: batch[k] for k in (
+            'input_ids', 'attention_mask')}).logits[:, :-1].argmax(-1)
+            == ids)[mask])
+        with torch.no_grad():
+            lp0, _ = head_logprobs(hidden[mask], head, ids[mask], chunk)
+        assert torch.allclose(lp0, lp.detach())
+    # a trainable head is refused, not trained wrongly
+    with pytest.raises(ValueError, match='no gradient for the head'):
+        head_logprobs(hidden[mask], torch.nn.Linear(32, 64), ids[mask])

@@ -299,36 +299,6 @@ def _trimmed(model, batch):
     return ids, am, am[:, 1:].bool() & am[:, :-1].bool()
 
 
-_split_checked = {}  # type of model -> whether its logits are head(decoder)
-
-
-def decoder_and_head(model):
-    """(decoder, output head) of a causal LM, or of a PeftModel of one,
-    when its logits are the head applied to the decoder's last hidden
-    states (checked once per architecture on a small batch); else None."""
-    base = model.get_base_model() if hasattr(model, 'get_base_model') \
-        else model
-    if not (hasattr(base, 'get_decoder') and hasattr(base,
-                                                     'get_output_embeddings')):
-        return None
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    kind = type(base)
-    if kind not in _split_checked:
-        device = next(base.parameters()).device
-        ids = torch.arange(8, device=device)[None] % base.config.vocab_size
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                full = model(input_ids=ids).logits.float()
-                split = head(decoder(input_ids=ids).last_hidden_state)
-        finally:
-            model.train(was)
-        _split_checked[kind] = bool(torch.allclose(full, split.float(),
-                                                   atol=1e-4))
-    return (decoder, head) if _split_checked[kind] else None
-
-
 def vocab_kl(model, batch, target_logprobs):
     """token_kl(target_logprobs, *vocab_logprobs(model, batch)), with its
     gradient, without the batch's (B, W-1, V) logits at once: the decoder
@@ -336,7 +306,7 @@ def vocab_kl(model, batch, target_logprobs):
     time, again in the backward pass (`head_kl_sum`). The same value and
     gradient in the memory of those positions' logits (a 49k vocabulary
     makes the whole batch's most of an update's memory)."""
-    parts = decoder_and_head(model)
+    parts = models.decoder_and_head(model)
     if parts is None:
         logp, mask = vocab_logprobs(model, batch)
         return token_kl(target_logprobs, logp, mask)

@@ -172,6 +172,72 @@ def _next_token(logits, ids, am):
             'mask': am[:, 1:].bool() & am[:, :-1].bool()}, lse
 
 
+def _head_chunks(hidden, weight, bias, target, chunk, jacobian):
+    """log p(y) and whether y is the argmax at N positions whose last
+    hidden states are `hidden` (N, d), for the head's (V, d) weight and
+    bias and the (N,) targets y, `chunk` positions' logits at a time; with
+    `jacobian`, also d log p(y) / dh = (onehot(y) - softmax(z)) W, (N, d)."""
+    n = hidden.shape[0]
+    logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    jac = torch.empty_like(hidden) if jacobian else None
+    for i in range(0, n, chunk):
+        y = target[i:i + chunk]
+        z = torch.nn.functional.linear(hidden[i:i + chunk], weight,
+                                       bias).float()
+        lse = torch.logsumexp(z, -1)
+        logp[i:i + chunk] = z.gather(-1, y[:, None])[:, 0] - lse
+        hit[i:i + chunk] = z.argmax(-1) == y
+        if jacobian:
+            # softmax(z) - onehot(y), in place and in float32 (as the
+            # gradient of a cross-entropy is), then through the head
+            dz = z.sub_(lse[:, None]).exp_()
+            dz[torch.arange(len(y), device=dz.device), y] -= 1
+            jac[i:i + chunk] = (dz.to(weight.dtype) @ weight).neg_().to(
+                hidden.dtype)
+    return logp, hit, jac
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """`head_logprobs` with its gradient for the hidden states (the head
+    frozen). log p(y) at a position depends on that position's hidden
+    state only, so its gradient is one d-vector per position, computed in
+    the forward pass from the same chunk of logits: the backward pass
+    scales it, and no (N, V) tensor is ever kept."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, chunk):
+        logp, hit, jac = _head_chunks(hidden, weight, bias, target, chunk,
+                                      jacobian=True)
+        ctx.save_for_backward(jac)
+        ctx.mark_non_differentiable(hit)
+        return logp, hit
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        jac, = ctx.saved_tensors
+        return grad[:, None].to(jac.dtype) * jac, None, None, None, None
+
+
+def head_logprobs(hidden, head, target, chunk=128):
+    """log p(y) of the targets (N,) at positions whose last hidden states
+    are `hidden` (N, d), the logits being `head(hidden)` (a linear layer),
+    and whether each target is the argmax: the numbers of a log-softmax of
+    the whole (N, V) logits, in the memory of `chunk` positions' logits.
+    With gradients on, the head must be frozen (a LoRA model's is); the
+    gradient for `hidden` is that of the plain expression, to rounding."""
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        if head.weight.requires_grad or (head.bias is not None
+                                         and head.bias.requires_grad):
+            raise ValueError('head_logprobs computes no gradient for the '
+                             'head; train it through the full logits')
+        return _HeadLogprob.apply(hidden, head.weight, head.bias, target,
+                                  chunk)
+    logp, hit, _ = _head_chunks(hidden, head.weight, head.bias, target,
+                                chunk, jacobian=False)
+    return logp, hit
+
+
 def _pad_to(t, width):
     """Right-pad a (B, w) tensor with zeros (False) to (B, width)."""
     return torch.nn.functional.pad(t, (0, width - t.shape[1]))
@@ -206,6 +272,33 @@ def _dropout_active(model):
         isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
+_recordings = {}  # id(model) -> the row dicts `recorded_forward` fills
+
+
+def recording(model):
+    """Whether a forward pass of `model` now is recorded: inside
+    `recorded_forward`, with gradients on and no dropout (else it is not
+    the prediction a measurement of these weights would make)."""
+    return (bool(_recordings.get(id(model))) and torch.is_grad_enabled()
+            and not _dropout_active(model))
+
+
+def record(model, ids, am, stats):
+    """Add the (B, T-1) token statistics of a forward pass of `model` over
+    `ids` to the recordings open on it (`recorded_forward`); a pass that
+    computes them without calling the model (`train.token_logprobs`)
+    records them here."""
+    if not recording(model):
+        return
+    state = _adapters(model)
+    for b in range(ids.shape[0]):
+        key = _row_key(ids[b].cpu(), am[b].cpu())
+        w = len(key[0]) - 1
+        row = {k: v[b, :w].detach().cpu() for k, v in stats.items()}
+        for rows in _recordings[id(model)]:
+            rows[state, key] = row
+
+
 @contextmanager
 def recorded_forward(model):
     """Record the token statistics of `model`'s forward passes with
@@ -221,24 +314,25 @@ def recorded_forward(model):
     def hook(module, args, kwargs, output):
         ids = kwargs.get('input_ids', args[0] if args else None)
         logits = getattr(output, 'logits', None)
-        if (not torch.is_grad_enabled() or ids is None or logits is None
-                or _dropout_active(model)):
+        if ids is None or logits is None or not recording(model):
             return
         am = kwargs.get('attention_mask')
         am = torch.ones_like(ids) if am is None else am
         with torch.no_grad():
             stats, _ = _next_token(logits[:, :-1].detach().float(), ids, am)
-        state = _adapters(model)
-        for b in range(ids.shape[0]):
-            key = _row_key(ids[b].cpu(), am[b].cpu())
-            w = len(key[0]) - 1
-            rows[state, key] = {k: v[b, :w].cpu() for k, v in stats.items()}
+        record(model, ids, am, stats)
 
+    _recordings.setdefault(id(model), []).append(rows)
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
         yield rows
     finally:
         handle.remove()
+        open_ = [r for r in _recordings[id(model)] if r is not rows]
+        if open_:
+            _recordings[id(model)] = open_
+        else:
+            del _recordings[id(model)]
 
 
 @contextmanager
