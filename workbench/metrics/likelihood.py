@@ -185,13 +185,16 @@ def _head_chunks(hidden, weight, bias, target, chunk, jacobian):
         y = target[i:i + chunk]
         z = torch.nn.functional.linear(hidden[i:i + chunk], weight,
                                        bias).float()
-        lse = torch.logsumexp(z, -1)
-        logp[i:i + chunk] = z.gather(-1, y[:, None])[:, 0] - lse
         hit[i:i + chunk] = z.argmax(-1) == y
+        z_y = z.gather(-1, y[:, None])[:, 0]
+        # logsumexp(z) with exp(z - max) in place: one (chunk, V) tensor
+        top = z.amax(-1, keepdim=True)
+        total = z.sub_(top).exp_().sum(-1, keepdim=True)
+        logp[i:i + chunk] = z_y - (top + total.log())[:, 0]
         if jacobian:
-            # softmax(z) - onehot(y), in place and in float32 (as the
-            # gradient of a cross-entropy is), then through the head
-            dz = z.sub_(lse[:, None]).exp_()
+            # softmax(z) - onehot(y), in float32 (as the gradient of a
+            # cross-entropy is), then through the head
+            dz = z.div_(total)
             dz[torch.arange(len(y), device=dz.device), y] -= 1
             jac[i:i + chunk] = (dz.to(weight.dtype) @ weight).neg_().to(
                 hidden.dtype)
