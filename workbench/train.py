@@ -107,7 +107,7 @@ def token_logprobs(model, batch):
     hidden = decoder(input_ids=ids,
                      attention_mask=am).last_hidden_state[:, :-1]
     recorded = recording(model)
-    real = am[:, 1:].bool() & am[:, :-1].bool()
+    real = targets({'attention_mask': am})  # every real target
     where = real if recorded else mask
     lp, hit = head_logprobs(hidden[where], head, ids[:, 1:][where])
     logp = torch.zeros(where.shape, dtype=lp.dtype,
