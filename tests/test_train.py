@@ -370,6 +370,7 @@ def plain_logprobs(model, batch):
 
 
 def test_a_frozen_head_scores_by_chunks_with_the_same_numbers_and_gradient():
+    from workbench.data import targets
     from workbench.metrics.likelihood import head_logprobs
     from workbench.models import add_lora, decoder_and_head
     from workbench.train import token_logprobs
@@ -384,7 +385,6 @@ def test_a_frozen_head_scores_by_chunks_with_the_same_numbers_and_gradient():
         return torch.cat([q.grad.flatten() for q in model.parameters()
                           if q.grad is not None])
 
-    from workbench.data import targets
     mask = targets(batch)
     full = plain_logprobs(model, batch)
     expected = gradient(full, mask)
