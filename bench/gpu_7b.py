@@ -25,8 +25,11 @@ shapes it trains on (`--batch` sequences of `--tokens` tokens per part):
     python bench/gpu_7b.py --method all --out bench/gpu_7b.json
 
 Prints peak GPU memory, tokens per second and model FLOP utilisation (6N
-FLOPs per trained token, 2N per token of a frozen model's forward). On a
-machine without a suitable GPU it refuses with one line, before loading.
+FLOPs per trained token, 2N per token of a frozen model's forward), and
+writes them to `--out` after each method; a method that fails (out of
+memory, say) is reported with its error, the others still run, and the
+exit status is 1. On a machine without a suitable GPU it refuses with one
+line, before loading.
 """
 import argparse
 import json
@@ -161,19 +164,24 @@ def measure(method, model, args, n_params, n_train):
     result = run(args.steps)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    steps = result.steps  # fewer than asked when a guard stopped the run
+    if steps < 1:
+        raise WorkbenchError(f'{method} took no step: {result.status}, '
+                             f'{result.message}')
     # per trained token: forward 2N, recomputation under checkpointing 2N,
     # backward 2N (activation gradients only: the frozen weights need
     # none); per token a frozen model reads: its forward, 2N
-    flops = (6 * trained + 2 * frozen) * n_params * args.steps
+    flops = (6 * trained + 2 * frozen) * n_params * steps
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     return {
         'device': name, 'method': method, 'status': result.status,
+        'steps': steps,
         'params': n_params, 'trainable': n_train,
         'batch': args.batch, 'tokens_per_sequence': args.tokens,
         'peak_gpu_gb': torch.cuda.max_memory_allocated() / 2**30,
-        'trained_tokens_per_s': trained * args.steps / seconds,
-        'step_s': seconds / args.steps,
+        'trained_tokens_per_s': trained * steps / seconds,
+        'step_s': seconds / steps,
         'mfu': flops / seconds / 1e12 / peak if peak else None,
     }
 
@@ -195,15 +203,40 @@ def main():
     model = build(profile)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    methods = METHODS if args.method == 'all' else [args.method]
+
+    def measure_one(method):
+        try:
+            return measure(method, model, args, n_params, n_train)
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    reports = run_methods(methods, measure_one, args.out)
+    return 1 if any('failed' in r for r in reports) else 0
+
+
+def run_methods(methods, measure_one, out=None):
+    """Each method's report, printed and written to `out` as it comes; a
+    method that fails (out of memory, say) is reported with its error, and
+    the others still run."""
     reports = []
-    for method in (METHODS if args.method == 'all' else [args.method]):
-        reports.append(measure(method, model, args, n_params, n_train))
-        print(json.dumps(reports[-1], indent=1), flush=True)
-        torch.cuda.empty_cache()
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(reports, f, indent=1)
-    return 0
+    for method in methods:
+        try:
+            report = measure_one(method)
+        except (WorkbenchError, RuntimeError) as e:
+            report = {'method': method, 'failed': one_line(e)}
+        reports.append(report)
+        print(json.dumps(report, indent=1), flush=True)
+        if out:
+            with open(out, 'w') as f:
+                json.dump(reports, f, indent=1)
+    return reports
+
+
+def one_line(error):
+    """An exception as one line: its type and its message's first line."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'
 
 
 if __name__ == '__main__':

@@ -36,6 +36,24 @@ def test_every_method_steps_with_the_benchmark_shapes(gpu_7b, method):
     assert set(gpu_7b.METHODS) >= {method}
 
 
+def test_a_failing_method_is_reported_and_the_others_still_run(
+        gpu_7b, tmp_path):
+    import json
+
+    def measure_one(method):
+        if method == 'kga':
+            raise RuntimeError('CUDA out of memory. Tried to allocate 2 GiB\n'
+                               'more detail')
+        return {'method': method, 'peak_gpu_gb': 15.0}
+
+    out = tmp_path / 'gpu_7b.json'
+    reports = gpu_7b.run_methods(['ga', 'kga', 'whp'], measure_one, out)
+    assert [r['method'] for r in reports] == ['ga', 'kga', 'whp']
+    assert reports[1] == {'method': 'kga', 'failed': 'RuntimeError: CUDA '
+                          'out of memory. Tried to allocate 2 GiB'}
+    assert json.loads(out.read_text()) == reports
+
+
 def test_refuses_without_a_gpu():
     import torch
     if torch.cuda.is_available():
