@@ -84,8 +84,8 @@ def smoke_record(tmp_path, monkeypatch):
     """Run a notebook headless on the smoke profile; return its record.
 
     The kernel's glibc keeps freed memory instead of returning every
-    tensor to the kernel (README, "Measured"): the tests check effects,
-    not memory, and run about a fifth faster."""
+    tensor to the kernel (docs/performance.md, "The heap"): the tests
+    check effects, not memory, and run about a fifth faster."""
     import json
 
     from workbench.cli import run_notebook
