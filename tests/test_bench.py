@@ -1,6 +1,7 @@
 """bench/gpu_7b.py: every method's step runs (on a tiny model, on CPU),
 and the script refuses without a GPU."""
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,6 @@ def test_every_method_steps_with_the_benchmark_shapes(gpu_7b, method):
 
 def test_a_failing_method_is_reported_and_the_others_still_run(
         gpu_7b, tmp_path):
-    import json
-
     def measure_one(method):
         if method == 'kga':
             raise RuntimeError('CUDA out of memory. Tried to allocate 2 GiB\n'
