@@ -75,7 +75,7 @@ def print_record(path):
     """A short results table from a saved record."""
     rec = json.loads(Path(path).read_text())
     print(f"\n{rec['notebook']}  profile={rec['profile']}  "
-          f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MB")
+          f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MiB")
     print(f"{'metric':28s} {'before':>10s} {'after':>10s}")
     for k, v in rec['metrics'].items():
         b, a = v.get('before'), v.get('after')

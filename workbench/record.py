@@ -20,7 +20,8 @@ from .paths import results_dir
 
 
 def peak_rss_mb():
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process so far, in MiB (the record's
+    `peak_rss_mb`)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
