@@ -45,6 +45,11 @@ def test_unknown_model_offline_is_one_clear_error(monkeypatch):
         models.resolve('someone/never-heard-of')
 
 
+def test_a_missing_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(WorkbenchError, match='not a local folder'):
+        models.resolve(str(tmp_path / 'no' / 'such-model'))
+
+
 def test_7b_profile_refuses_without_gpu():
     if torch.cuda.is_available():
         pytest.skip('a GPU is present')

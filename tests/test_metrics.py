@@ -258,6 +258,28 @@ def test_token_stats_in_length_order_equal_one_row_at_a_time(tiny):
             assert torch.equal(s['hit'][i, :n - 1], one['hit'][0])
 
 
+def test_token_stats_by_head_chunks_are_those_of_the_whole_logits(tiny):
+    """Without vocab_stats the head scores the real positions by chunks;
+    the numbers are a log-softmax of the model's own logits."""
+    from workbench.models import decoder_and_head
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 64, (5, 200), generator=g)
+    am = torch.ones_like(ids)
+    am[1, 150:] = am[3, 17:] = 0  # right-padded rows
+    ids = ids * am
+    s = metrics.token_stats(tiny, ids, am)
+    assert decoder_and_head(tiny) is not None  # the chunked path
+    with torch.no_grad():
+        logp = tiny(input_ids=ids, attention_mask=am).logits[:, :-1] \
+            .log_softmax(-1)
+    m = am[:, 1:].bool() & am[:, :-1].bool()
+    assert torch.equal(s['mask'], m)
+    want = logp.gather(-1, ids[:, 1:, None])[..., 0]
+    assert torch.allclose(s['logprob'][m], want[m], atol=1e-5)
+    assert torch.equal(s['hit'][m], (logp.argmax(-1) == ids[:, 1:])[m])
+    assert not s['logprob'][~m].any() and not s['hit'][~m].any()
+
+
 def _decode(model, cache, first, steps, select=None):
     """Greedy steps from `cache`; `select` (step, rows) drops rows once."""
     token, out, mask_len = first, [], cache.get_seq_length()

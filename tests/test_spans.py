@@ -121,6 +121,32 @@ def test_llm_annotation_runs_both_stages_and_caches(cache, tiny_model_dir,
     assert annotate.annotate(texts, model_name='tiny') == res
 
 
+def test_annotation_by_name_runs_in_a_child_and_reads_its_cache(
+        cache, tiny_model_dir, capfd):
+    from workbench.models import load_causal_lm
+    from workbench.profiles import get_profile
+    texts = [r['text'] for r in data.people('forget', 2)]
+    name = str(tiny_model_dir)
+    res = annotate.annotate_with(texts, name, get_profile('smoke'))
+    assert 'annotating' in capfd.readouterr().err  # the child's progress
+    assert annotate.cached(texts, name)
+    assert not list((cache / 'annotations').glob('*.job'))
+    model, tok = load_causal_lm(tiny_model_dir)
+    assert res == annotate.annotate(texts, model, tok, name, cache=False,
+                                    progress=False)
+
+
+def test_a_failing_annotator_child_is_one_line(cache, tmp_path):
+    from workbench import WorkbenchError
+    from workbench.profiles import get_profile
+    with pytest.raises(WorkbenchError, match='annotating with .* failed: '
+                                             '.*is not a local folder'):
+        annotate.annotate_with(['Ann Lee was born in Leeds.'],
+                               str(tmp_path / 'nowhere'),
+                               get_profile('smoke'), progress=False)
+    assert not list((cache / 'annotations').glob('*.job'))
+
+
 def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
         tiny, monkeypatch):
     from types import SimpleNamespace

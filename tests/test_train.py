@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from workbench.models import trainable_state
+from workbench.models import decoder_and_head, trainable_state
 from workbench.train import TrainConfig, token_nll, train
 
 IDS = torch.randint(1, 64, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -222,6 +222,12 @@ def test_heap_is_trimmed_where_its_use_changes(monkeypatch):
     assert trims == [1, 2, 1, 0]
 
 
+def decoder(model):
+    """The decoder that every forward pass, a training step's or a
+    measurement's, runs (measurements skip the model's own forward)."""
+    return decoder_and_head(model)[0]
+
+
 def ragged_batch():
     am = torch.ones_like(IDS)
     am[1, 11:] = 0  # right-padded, as `data.tokenize` pads
@@ -249,7 +255,7 @@ def test_a_recorded_training_forward_pass_serves_token_stats(lora):
             token_nll(model, {k: v[half] for k, v in batch.items()})
     assert len(rows) == 4
     calls = []
-    model.register_forward_hook(lambda *a: calls.append(1))
+    decoder(model).register_forward_hook(lambda *a: calls.append(1))
     with known_stats(model, rows):
         read = token_stats(model.eval(), ids, am)
         assert calls == []  # no forward pass of its own
@@ -291,7 +297,7 @@ def test_evaluating_before_the_update_runs_the_same_training():
                     / s['mask'].sum().item()}
 
         counted = []
-        model.register_forward_hook(
+        decoder(model).register_forward_hook(
             lambda *a: counted.append(torch.is_grad_enabled()))
         res = train(model, token_nll, forever(batch), TrainConfig(
             lr=1e-2, steps=10, progress=False, eval_before_update=ahead),
@@ -332,7 +338,7 @@ def test_the_recorded_pass_is_not_served_with_the_adapter_off():
     with recorded_forward(model) as rows:
         token_nll(model, BATCH)
     calls = []
-    model.register_forward_hook(lambda *a: calls.append(1))
+    decoder(model).register_forward_hook(lambda *a: calls.append(1))
     with known_stats(model, rows):
         token_stats(model, IDS)
         assert calls == []

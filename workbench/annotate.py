@@ -20,6 +20,7 @@ import re
 
 import torch
 
+from . import WorkbenchError
 from .metrics import greedy_continue
 from .paths import atomic_write, cache_dir
 
@@ -131,6 +132,41 @@ def _cache_path(texts, model_name):
 def cached(texts, model_name):
     """Whether the annotation of `texts` by `model_name` is cached."""
     return _cache_path(texts, model_name).exists()
+
+
+def annotate_with(texts, model_name, profile, progress=True):
+    """`annotate` by the instruct model `model_name` (or 'rules'), loaded
+    as `profile` loads models. A model is loaded in a child process, which
+    caches its answers for this one to read: it is a second model beside
+    the one being unlearned, and the memory it took would stay with this
+    process for good."""
+    if model_name in ('', 'rules') or cached(texts, model_name):
+        return annotate(texts, None, None, model_name, progress=progress)
+    from .models import in_child
+    job = _cache_path(texts, model_name).with_suffix('.job')
+    job.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(job, json.dumps({'texts': texts, 'model': model_name,
+                                  'profile': profile.as_dict(),
+                                  'progress': progress}))
+    try:
+        code, last = in_child('workbench.annotate', '_annotate_job',
+                              str(job), relay=progress)
+    finally:
+        job.unlink(missing_ok=True)
+    if code or not cached(texts, model_name):
+        raise WorkbenchError(f'annotating with {model_name!r} failed: '
+                             f'{last}')
+    return annotate(texts, None, None, model_name, progress=progress)
+
+
+def _annotate_job(path):
+    """What `annotate_with`'s child process runs."""
+    from .models import load_causal_lm
+    from .profiles import Profile
+    job = json.loads(open(path).read())
+    model, tok = load_causal_lm(job['model'], Profile(**job['profile']))
+    annotate(job['texts'], model, tok, job['model'],
+             progress=job['progress'])
 
 
 def annotate(texts, model=None, tokenizer=None, model_name='', cache=True,

@@ -301,15 +301,9 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
     `annotator` is an instruct model's name, or 'rules' for the patterns
     alone. Returns {'spans', 'masks', 'precision', 'recall', 'report'}.
     """
-    from .annotate import annotate
+    from .annotate import annotate_with
     texts = [r['text'] for s in splits for r in setup.rows[s]]
-    model = tok = None
-    if annotator != 'rules':
-        from .annotate import cached
-        if not cached(texts, annotator):
-            model, tok = models.load_causal_lm(annotator, setup.profile)
-    res = annotate(texts, model, tok, annotator, progress=progress)
-    del model
+    res = annotate_with(texts, annotator, setup.profile, progress)
     out = {'spans': {}, 'masks': {}, 'precision': {}, 'recall': {},
            'report': res['report']}
     i = 0

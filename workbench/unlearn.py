@@ -134,7 +134,7 @@ def _config(method, args, profile):
 def _span_masks(setup, annotator, progress):
     """Token masks of the forget and holdout spans: a line's own "spans"
     where it has them, the two-stage annotation where it has none."""
-    from .annotate import annotate
+    from .annotate import annotate_with
     masks = {}
     for split in ('forget', 'unseen'):
         rows = setup.rows[split]
@@ -143,11 +143,8 @@ def _span_masks(setup, annotator, progress):
         if missing:
             print(f'annotating {len(missing)} {split} lines without "spans" '
                   f'({annotator})', file=sys.stderr)
-            model = tok = None
-            if annotator != 'rules':
-                model, tok = models.load_causal_lm(annotator, setup.profile)
-            found = dict(zip(missing, annotate(
-                missing, model, tok, annotator, progress=progress)['spans']))
+            found = dict(zip(missing, annotate_with(
+                missing, annotator, setup.profile, progress)['spans']))
         spans = [r.get('spans') or found[r['text']] for r in rows]
         masks[split] = metrics.span_mask(
             setup.tokenizer, [r['text'] for r in rows], spans,

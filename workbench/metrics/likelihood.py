@@ -114,10 +114,14 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
     (the target is a real token); with `vocab_stats`, also `mu` and `sigma`,
     the mean and standard deviation of log p under p (for Min-K%++).
 
-    Batches hold about `max_tokens` tokens (or `batch_size` rows): the
-    (rows, T, vocabulary) logits are the memory that matters. Rows go
+    Batches hold about `max_tokens` tokens (or `batch_size` rows). Rows go
     through in order of length, each batch cut to its longest row, so a
-    short text is not padded to the longest of the set.
+    short text is not padded to the longest of the set. Without
+    `vocab_stats`, where the logits are the output head applied to the
+    decoder's last hidden states, the head scores the real positions
+    `head_logprobs`' chunk at a time: no (rows, T, vocabulary) logits are
+    held, which were the largest tensors of a measurement (and positions
+    outside the mask hold 0).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -127,6 +131,8 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
         return known
     out = {k: [] for k in ('logprob', 'hit', 'mask', 'mu', 'sigma')}
     device = _device(model)
+    from ..models import decoder_and_head
+    parts = None if vocab_stats else decoder_and_head(model)
     T = input_ids.shape[1]
     # the width a row needs: up to its last real token
     widths = torch.where(attention_mask.any(1),
@@ -144,9 +150,12 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
         width = int(widths[rows].max())
         ids = input_ids[rows, :width].to(device)
         am = attention_mask[rows, :width].to(device)
-        logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
-        logits = logits.float()
-        stats, lse = _next_token(logits, ids, am)
+        if parts is not None:
+            stats = _head_stats(*parts, ids, am)
+        else:
+            logits = model(input_ids=ids, attention_mask=am).logits[:, :-1]
+            logits = logits.float()
+            stats, lse = _next_token(logits, ids, am)
         for k, v in stats.items():
             out[k].append(v)
         if vocab_stats:
@@ -170,6 +179,18 @@ def _next_token(logits, ids, am):
     return {'logprob': logits.gather(-1, target[..., None])[..., 0] - lse,
             'hit': logits.argmax(-1) == target,
             'mask': am[:, 1:].bool() & am[:, :-1].bool()}, lse
+
+
+def _head_stats(decoder, head, ids, am):
+    """`_next_token`'s statistics of one batch from the decoder's hidden
+    states, the head applied a chunk of real positions at a time."""
+    hidden = decoder(input_ids=ids, attention_mask=am).last_hidden_state
+    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    lp, hit = head_logprobs(hidden[:, :-1][mask], head, ids[:, 1:][mask])
+    return {'logprob': torch.zeros(mask.shape, dtype=lp.dtype,
+                                   device=lp.device).masked_scatter(mask, lp),
+            'hit': torch.zeros_like(mask).masked_scatter(mask, hit),
+            'mask': mask}
 
 
 def _head_chunks(hidden, weight, bias, target, chunk, jacobian):
