@@ -26,7 +26,8 @@ MATRIX = {
     'an unknown model name offline':
         ['test_cli::test_unknown_model_offline',
          'test_implant_and_models::'
-         'test_unknown_model_offline_is_one_clear_error'],
+         'test_unknown_model_offline_is_one_clear_error',
+         'test_implant_and_models::test_a_missing_folder_is_one_clear_error'],
     'a 7B profile without enough GPU memory':
         ['test_cli::test_7b_without_gpu',
          'test_implant_and_models::test_7b_profile_refuses_without_gpu'],
