@@ -138,9 +138,10 @@ def in_child(module, function, *args, relay=False):
     """Call `module.function(*args)` (string arguments) in a fresh Python
     process that imports this workbench, for work whose memory should not
     stay with this one (glibc keeps much of what a process once held); a
-    WorkbenchError there ends it with its one line. With `relay`, its output (a progress bar, say) goes on to this
-    process's stderr as it comes. Returns (exit status, its last line of
-    output, or 'no output')."""
+    WorkbenchError there ends it with its one line. With `relay`, its
+    output (a progress bar, say) goes on to this process's stderr as it
+    comes. Returns (exit status, its last line of output, or 'no
+    output')."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_DIR), os.environ.get('PYTHONPATH')])))
     code = (f'import sys\nfrom workbench import WorkbenchError\n'
