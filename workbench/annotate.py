@@ -17,6 +17,7 @@ change with its version.
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import torch
 
@@ -163,7 +164,7 @@ def _annotate_job(path):
     """What `annotate_with`'s child process runs."""
     from .models import load_causal_lm
     from .profiles import Profile
-    job = json.loads(open(path).read())
+    job = json.loads(Path(path).read_text())
     model, tok = load_causal_lm(job['model'], Profile(**job['profile']))
     annotate(job['texts'], model, tok, job['model'],
              progress=job['progress'])

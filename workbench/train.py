@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import TRAINING_LIMIT, measuring, reusing_heap
 from .data import targets
 from .metrics.likelihood import (head_logprobs, known_stats, record,
-                                 recorded_forward, recording)
+                                 recorded_forward, recording, scattered)
 from .models import decoder_and_head, load_trainable_state, trainable_state
 
 
@@ -109,13 +109,12 @@ def token_logprobs(model, batch):
     recorded = recording(model)
     real = targets({'attention_mask': am})  # every real target
     where = real if recorded else mask
-    lp, hit = head_logprobs(hidden[where], head, ids[:, 1:][where])
-    logp = torch.zeros(where.shape, dtype=lp.dtype,
-                       device=device).masked_scatter(where, lp)
+    stats = scattered(where, *head_logprobs(hidden[where], head,
+                                            ids[:, 1:][where]))
+    logp = stats['logprob']
     if recorded:
-        record(model, ids, am, {
-            'logprob': logp.detach(), 'mask': real,
-            'hit': torch.zeros_like(where).masked_scatter(where, hit)})
+        record(model, ids, am, {'logprob': logp.detach(), 'mask': real,
+                                'hit': stats['hit']})
     return logp * mask, mask
 
 

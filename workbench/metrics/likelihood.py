@@ -184,13 +184,20 @@ def _next_token(logits, ids, am):
 def _head_stats(decoder, head, ids, am):
     """`_next_token`'s statistics of one batch from the decoder's hidden
     states, the head applied a chunk of real positions at a time."""
+    from ..data import targets
     hidden = decoder(input_ids=ids, attention_mask=am).last_hidden_state
-    mask = am[:, 1:].bool() & am[:, :-1].bool()
+    mask = targets({'attention_mask': am})
     lp, hit = head_logprobs(hidden[:, :-1][mask], head, ids[:, 1:][mask])
-    return {'logprob': torch.zeros(mask.shape, dtype=lp.dtype,
-                                   device=lp.device).masked_scatter(mask, lp),
-            'hit': torch.zeros_like(mask).masked_scatter(mask, hit),
-            'mask': mask}
+    return {**scattered(mask, lp, hit), 'mask': mask}
+
+
+def scattered(where, logprob, hit):
+    """(B, T-1) `logprob` and `hit` from their values at the positions of
+    the mask `where` (as `head_logprobs` gives them); 0 elsewhere."""
+    return {'logprob': torch.zeros(where.shape, dtype=logprob.dtype,
+                                   device=logprob.device)
+            .masked_scatter(where, logprob),
+            'hit': torch.zeros_like(where).masked_scatter(where, hit)}
 
 
 def _head_chunks(hidden, weight, bias, target, chunk, jacobian):
