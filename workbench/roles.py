@@ -163,7 +163,7 @@ class Roles:
         """Hash of everything a trained role depends on (with `start`,
         the key of the role it continued from)."""
         p = self.profile
-        spec = {'version': VERSION, 'model': models.resolve(p.model).path,
+        spec = {'version': VERSION, 'model': models.identity(p.model),
                 **({'start': start} if start else {}),
                 'texts': list(texts), 'epochs': epochs, 'lr': lr,
                 'seed': seed, 'r': p.lora_r, 'layers': p.role_layers,
