@@ -34,7 +34,8 @@ def _free_port():
 
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
-    """JupyterLab on loopback serving the tour, parameterised to smoke."""
+    """JupyterLab on loopback serving the tour, parameterised to smoke
+    with three gradient-ascent steps."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f'{CHROMIUM} is missing: `make test` installs Debian\'s '
                     f'chromium (apt-get install chromium)')
@@ -42,7 +43,9 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp('lab')
     papermill.execute_notebook(
         str(ROOT / 'notebooks' / '00_tour.ipynb'), str(root / 'tour.ipynb'),
-        parameters={'profile': 'smoke', 'results_dir': str(root)},
+        # three steps: enough for a curve, and the page is up in minutes
+        parameters={'profile': 'smoke', 'steps': 3,
+                    'results_dir': str(root)},
         prepare_only=True,
         progress_bar=False)
     port = _free_port()
