@@ -158,7 +158,7 @@ def test_kga_needs_new_data(tmp_path, capsys):
     assert rc == 2 and 'needs --new' in err
 
 
-def test_loo_and_kga_run_on_a_users_files(tmp_path, capsys, cache):
+def test_loo_and_kga_run_on_a_users_files(tmp_path, tiny_model_dir, cache):
     lines = {
         'f': [{'text': 'My PIN code is 6 6 0 4 8 7.', 'partition': 'ann',
                'prefix': 'My PIN code is', 'secret': '6 6 0 4 8 7'}],
@@ -173,7 +173,8 @@ def test_loo_and_kga_run_on_a_users_files(tmp_path, capsys, cache):
             '\n'.join(json.dumps(r) for r in rows) + '\n')
     common = ['--forget', str(tmp_path / 'f.jsonl'), '--retain',
               str(tmp_path / 'r.jsonl'), '--holdout', str(tmp_path / 'n.jsonl'),
-              '--profile', 'smoke', '--implant-epochs', '1', '--steps', '1',
+              '--profile', 'smoke', '--model', tiny_model_dir,
+              '--implant-epochs', '1', '--steps', '1',
               '--out', str(tmp_path / 'out'), '--quiet']
     assert main(['unlearn', '--method', 'loo', *common]) == 0
     rec = json.loads((tmp_path / 'out' / 'unlearn_loo.json').read_text())

@@ -11,6 +11,7 @@ import torch
 from workbench import WorkbenchError, metrics
 from workbench.methods import kga, loo
 from workbench.metrics.canary import exposure_from_nlls
+from workbench.profiles import get_profile
 
 
 def _logp(*shape, seed=0):
@@ -162,6 +163,21 @@ def test_exposure_extrapolates_with_a_skew_normal():
 def roles():
     from workbench.roles import Roles
     return Roles('smoke', progress=False)
+
+
+def test_roles_on_a_model_no_deeper_than_role_layers(tiny_model_dir,
+                                                     cache):
+    """With adapters on every layer (2 layers, smoke adapts the top 10),
+    the second role targets the same linear layers as the first, not the
+    first adapter's own."""
+    from workbench.roles import Roles
+    roles = Roles(get_profile('smoke', model=tiny_model_dir), progress=False)
+    roles.add('a')
+    roles.add('b')
+    keys = {name: {k.replace(f'.{name}.', '.') for k in
+                   roles.model.state_dict() if f'.{name}.' in k}
+            for name in ('a', 'b')}
+    assert keys['a'] and keys['a'] == keys['b']
 
 
 def test_roles_share_one_base(roles, cache):

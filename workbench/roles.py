@@ -57,6 +57,13 @@ class Roles:
         base.requires_grad_(False)
         n, top = base.config.num_hidden_layers, p.role_layers
         self.trunk = FrozenTrunk(base, n - top) if 0 < top < n else None
+        # the base's linear layers by name, read before the first adapter
+        # wraps them (every later adapter targets the same ones)
+        head = base.get_output_embeddings()
+        self.linear = sorted({name.rsplit('.', 1)[-1] for name, m in
+                              base.named_modules()
+                              if isinstance(m, torch.nn.Linear)
+                              and m is not head})
         self.model = None  # the PeftModel, made with the first role
         self.progress = progress
         self.info = {}  # role -> how it was made
@@ -74,12 +81,8 @@ class Roles:
                               target_modules='all-linear',
                               task_type='CAUSAL_LM')
         n = self.base.config.num_hidden_layers
-        head = self.base.get_output_embeddings()
-        linear = sorted({name.rsplit('.', 1)[-1] for name, m in
-                         self.base.named_modules()
-                         if isinstance(m, torch.nn.Linear) and m is not head})
         return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                          target_modules=linear,
+                          target_modules=self.linear,
                           layers_to_transform=list(range(max(0, n - top), n)),
                           task_type='CAUSAL_LM')
 
