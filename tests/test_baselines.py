@@ -111,8 +111,14 @@ def test_baselines_need_a_retain_set_and_sane_configs():
         graddiff.GradDiffConfig(retain_weight=-1)
 
 
-def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys):
+def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys,
+                                               monkeypatch):
+    from workbench import models
     from workbench.cli import main
+
+    def load(*args, **kwargs):  # the error comes before anything loads
+        raise AssertionError('a model was loaded')
+    monkeypatch.setattr(models, 'load_tokenizer', load)
     f = tmp_path / 'f.jsonl'
     f.write_text('{"text": "Ada Quill was born in Port Avon."}\n')
     for method in ('graddiff', 'npo'):

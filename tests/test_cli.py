@@ -149,7 +149,12 @@ def test_loo_needs_partitions_of_two_users(tmp_path, capsys, retain,
     assert rc == 2 and err.count('\n') == 0 and message in err
 
 
-def test_kga_needs_new_data(tmp_path, capsys):
+def test_kga_needs_new_data(tmp_path, capsys, monkeypatch):
+    from workbench import models
+
+    def load(*args, **kwargs):  # the error comes before anything loads
+        raise AssertionError('a model was loaded')
+    monkeypatch.setattr(models, 'load_tokenizer', load)
     (tmp_path / 'f.jsonl').write_text('{"text": "forget me"}\n')
     (tmp_path / 'r.jsonl').write_text('{"text": "keep me"}\n')
     rc, err = run_cli(capsys, 'unlearn', '--method', 'kga', '--forget',

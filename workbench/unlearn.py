@@ -31,6 +31,10 @@ def unlearn_files(args):
                  'implant_epochs': args.implant_epochs}
     profile = get_profile(profile, **{k: v for k, v in overrides.items()
                                       if v is not None})
+    # before anything loads (an empty file is refused when it is read)
+    if args.method in RETAIN_METHODS and not args.retain:
+        raise WorkbenchError(f'--method {args.method} needs --retain: it '
+                             f'holds the model on the retain set')
     models.check_gpu_memory(profile)
     tok = models.load_tokenizer(profile.model)
     limit = _context_limit(profile.model, profile)
@@ -40,9 +44,6 @@ def unlearn_files(args):
     rows['unseen'] = data.read_jsonl(args.holdout, tok, limit,
                                      'holdout file') \
         if args.holdout else data.people('unseen', profile.n_unseen)
-    if args.method in RETAIN_METHODS and not rows['retain']:
-        raise WorkbenchError(f'--method {args.method} needs --retain: it '
-                             f'holds the model on the retain set')
     progress = not args.quiet
     setup = experiment.setup_from_rows(profile, rows, progress=progress,
                                        do_implant=args.implant)
@@ -192,13 +193,16 @@ def unlearn_roles(args):
     from .roles import Roles
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
+    if not args.retain:  # before anything loads
+        raise WorkbenchError(f'{args.method} needs --retain (the rest of '
+                             f'the training data)')
+    if args.method == 'kga' and not args.new:
+        raise WorkbenchError('kga needs --new: text of the same kind, '
+                             'never in the training data (D_n)')
     models.check_gpu_memory(profile)
     tok = models.load_tokenizer(profile.model)
     limit = _context_limit(profile.model, profile)
     forget = data.read_jsonl(args.forget, tok, limit, 'forget file')
-    if not args.retain:
-        raise WorkbenchError(f'{args.method} needs --retain (the rest of '
-                             f'the training data)')
     retain = data.read_jsonl(args.retain, tok, limit, 'retain file')
     holdout = data.read_jsonl(args.holdout, tok, limit, 'holdout file') \
         if args.holdout else data.people('unseen', profile.n_unseen)
@@ -213,9 +217,6 @@ def unlearn_roles(args):
             raise WorkbenchError('loo needs data of at least 2 partitions '
                                  '(users): one teacher each')
     else:
-        if not args.new:
-            raise WorkbenchError('kga needs --new: text of the same kind, '
-                                 'never in the training data (D_n)')
         new = data.read_jsonl(args.new, tok, limit, 'new-data file')
     roles = Roles(profile, progress)
     lr = args.implant_lr
