@@ -65,6 +65,17 @@ def test_people_spans_and_splits():
     assert len(data.people('forget', 4)) == 4
 
 
+def test_a_first_read_prints_no_progress_bars(tmp_path, monkeypatch,
+                                             capsys):
+    import datasets
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', tmp_path)
+    datasets.enable_progress_bars()
+    assert len(data.people('unseen', 2)) == 2
+    assert list(tmp_path.iterdir())  # the set was cached just now
+    assert capsys.readouterr().err == ''
+    assert datasets.is_progress_bar_enabled()  # the user's setting is kept
+
+
 def test_world_facts():
     facts = data.world_facts()
     assert len(facts) >= 100

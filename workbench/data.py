@@ -4,6 +4,7 @@ Every set is a JSONL file loaded through `datasets`; see each folder's
 README for source, license and fields.
 """
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,19 +20,35 @@ SETS = {'people': 'people/people.jsonl',
 QA_TEMPLATE = 'Question: {question}\nAnswer: {answer}'
 
 
+@contextmanager
+def _quiet_datasets():
+    """No `datasets` progress bars while a small shipped set is read (or
+    first cached): they would land in a command's one-line error."""
+    import datasets
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+
+
 def load(name):
     """A shipped data set as a `datasets.Dataset`."""
     from datasets import load_dataset
     if name not in SETS:
         raise WorkbenchError(f'unknown data set {name!r}; choose one of '
                              f'{", ".join(SETS)}')
-    return load_dataset('json', data_files=str(DATA_DIR / SETS[name]),
-                        split='train')
+    with _quiet_datasets():
+        return load_dataset('json', data_files=str(DATA_DIR / SETS[name]),
+                            split='train')
 
 
 def people(split, n=None):
     """The first `n` people of a split: 'forget', 'retain' or 'unseen'."""
-    ds = load('people').filter(lambda r: r['split'] == split)
+    with _quiet_datasets():
+        ds = load('people').filter(lambda r: r['split'] == split)
     if len(ds) == 0:
         raise WorkbenchError(f'no people in split {split!r}')
     if n is not None and n > len(ds):

@@ -204,11 +204,6 @@ def unlearn_roles(args):
     limit = _context_limit(profile.model, profile)
     forget = data.read_jsonl(args.forget, tok, limit, 'forget file')
     retain = data.read_jsonl(args.retain, tok, limit, 'retain file')
-    holdout = data.read_jsonl(args.holdout, tok, limit, 'holdout file') \
-        if args.holdout else data.people('unseen', profile.n_unseen)
-    progress = not args.quiet
-    epochs = args.implant_epochs or 4
-    texts = lambda rows: [r['text'] for r in rows]  # noqa: E731
     if args.method == 'loo':
         users = _partition_index(forget, 'forget') + \
             _partition_index(retain, 'retain')
@@ -218,6 +213,11 @@ def unlearn_roles(args):
                                  '(users): one teacher each')
     else:
         new = data.read_jsonl(args.new, tok, limit, 'new-data file')
+    holdout = data.read_jsonl(args.holdout, tok, limit, 'holdout file') \
+        if args.holdout else data.people('unseen', profile.n_unseen)
+    progress = not args.quiet
+    epochs = args.implant_epochs or 4
+    texts = lambda rows: [r['text'] for r in rows]  # noqa: E731
     roles = Roles(profile, progress)
     lr = args.implant_lr
     all_texts = texts(forget) + texts(retain)
