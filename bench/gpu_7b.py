@@ -38,9 +38,12 @@ import time
 
 import torch
 
-from workbench import WorkbenchError, models
-from workbench.profiles import get_profile
-from workbench.train import TrainConfig, train
+from workbench import WorkbenchError, methods
+from workbench.core import models
+from workbench.core.profiles import get_profile
+from workbench.core.scoring import vocab_logprobs
+from workbench.methods import kga, llmu, loo, whp
+from workbench.core.train import TrainConfig, train
 
 DEVICE = 'cuda'  # the tests run the method runners on 'cpu'
 PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}  # dense bf16
@@ -76,7 +79,6 @@ def random_batch(vocab, rows, tokens, answer_from=None):
 @torch.no_grad()
 def frozen_logprobs(model, b):
     """A frozen model's log-distributions on a batch (the reference)."""
-    from workbench.roles import vocab_logprobs
     with models.reference(model) as ref:
         return vocab_logprobs(ref, b)[0]
 
@@ -84,8 +86,6 @@ def frozen_logprobs(model, b):
 def method_runner(method, model, args):
     """run(steps) -> TrainResult for `method`, with the tokens trained on
     and the tokens read by a frozen model at each step."""
-    from workbench.methods import (ga, graddiff, kga, llmu, loo, npo, seul,
-                                   whp)
     V, B, T = model.config.vocab_size, args.batch, args.tokens
     forget = random_batch(V, B, T)
     retain = random_batch(V, B, T)
@@ -110,18 +110,15 @@ def method_runner(method, model, args):
                                             reduction='batchmean')
             return -nll + kl, {'nll': nll.item(), 'kl': kl.item()}
         return (lambda s: loop(loss, repeat(lambda: forget), s)), B * T, B * T
-    if method == 'ga':
-        return (lambda s: ga.unlearn(model, forget, ga.GAConfig(
-            lr=lr, steps=s, micro_batch=B), progress=False)), B * T, 0
-    if method == 'seul':
-        return (lambda s: seul.unlearn(model, forget, seul.SeULConfig(
-            lr=lr, steps=s, selector='current', micro_batch=B),
-            progress=False)), B * T, 0
-    if method in ('graddiff', 'npo'):
-        module = graddiff if method == 'graddiff' else npo
-        return (lambda s: module.unlearn(model, forget, module.Config(
-            lr=lr, steps=s, micro_batch=B), retain_tokens=retain,
-            progress=False)), 2 * B * T, 0
+    if method in ('ga', 'seul', 'graddiff', 'npo'):
+        # the method's own plan, through `methods.run`
+        task = methods.Task(forget=forget, retain=retain)
+        extra = {'selector': 'current'} if method == 'seul' else {}
+        Config = methods.get(method).Config
+        trained = (2 if 'retain' in methods.get(method).NEEDS else 1) * B * T
+        return (lambda s: methods.run(method, model, task, Config(
+            lr=lr, steps=s, micro_batch=B, **extra), progress=False)), \
+            trained, 0
     if method == 'loo':
         fixed = {**forget, 'target_logprobs': frozen_logprobs(model, forget)}
         return (lambda s: loop(loo.loo_loss, repeat(lambda: fixed), s)), \
@@ -203,7 +200,7 @@ def main():
     model = build(profile)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    methods = METHODS if args.method == 'all' else [args.method]
+    chosen = METHODS if args.method == "all" else [args.method]
 
     def measure_one(method):
         try:
@@ -211,7 +208,7 @@ def main():
         finally:
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-    reports = run_methods(methods, measure_one, args.out)
+    reports = run_methods(chosen, measure_one, args.out)
     return 1 if any('failed' in r for r in reports) else 0
 
 

@@ -2,7 +2,7 @@
 
     python bench/run.py --out bench/results.json
 
-- loop_throughput_ratio: steps/s of `workbench.train.train` over steps/s of
+- loop_throughput_ratio: steps/s of `workbench.core.train.train` over steps/s of
   a bare PyTorch loop (same model, batch, optimizer, loss). Goal >= 0.95.
 - el_speedup: the naive EL_10 loop (one greedy generation per prefix) time
   over the batched, shortcut EL_10 time, with identical values; on the
@@ -14,7 +14,7 @@
   Goal <= 1.3.
 - head_memory_ratio: what a LoRA training step on two of the people's bios
   (the `cpu` profile's micro-batch) adds to the memory, scoring with the
-  output head a chunk of positions at a time (`train.token_logprobs`) over
+  output head a chunk of positions at a time (`scoring.token_logprobs`) over
   scoring with the whole batch's logits; each way in a fresh process, with
   the time of a step each way (`head_time_ratio`, goal about 1). The
   notebooks that fine-tune SmolLM2 peak in such a step.
@@ -41,10 +41,12 @@ from pathlib import Path
 
 import torch
 
-from workbench import WorkbenchError, data, metrics, models
-from workbench.paths import NOTEBOOK_DIR, cache_dir
-from workbench.profiles import get_profile
-from workbench.train import TrainConfig, token_nll, train
+from workbench import WorkbenchError, metrics
+from workbench.core import data, models
+from workbench.core.paths import NOTEBOOK_DIR, cache_dir
+from workbench.core.profiles import get_profile
+from workbench.core.scoring import token_nll
+from workbench.core.train import TrainConfig, train
 
 
 def bare_loop(model, batch, steps, lr):
@@ -87,10 +89,10 @@ def loop_ratio(model, tok, steps=6, repeats=3):
 # the resident set before it
 HEAD_STEP = """
 import gc, json, sys, time
-from workbench import data, models, train
-from workbench.profiles import get_profile
+from workbench.core import data, models, scoring
+from workbench.core.profiles import get_profile
 if sys.argv[1] == 'logits':
-    train.decoder_and_head = lambda model: None  # the whole batch's logits
+    scoring.decoder_and_head = lambda model: None  # the whole batch's logits
 profile = get_profile('cpu')
 model, tok = models.load_causal_lm(profile.model, profile)
 model = models.prepare(model, profile).train()
@@ -111,7 +113,7 @@ for i in range(4):  # the first is a warm-up
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # VmHWM := VmRSS
     before, t = status('VmRSS'), time.perf_counter()
-    train.token_nll(model, batch).backward()
+    scoring.token_nll(model, batch).backward()
     seconds.append(time.perf_counter() - t)
     added.append(status('VmHWM') - before)
 print(json.dumps({'added': added[1:], 'seconds': seconds[1:],
@@ -161,7 +163,8 @@ def sisa_deletion(n_train=600, shards=4, slices=4, epochs=3, requests=6):
     """Mean deletion time / full-retrain time x S, fine-tuned shards."""
     import numpy as np
 
-    from workbench import sisa, toxicity
+    from workbench.experiments import fairsisa as toxicity
+    from workbench.methods import sisa
     setup = toxicity.setup(get_profile('cpu'), mode='finetune',
                            progress=False)
     rng = np.random.default_rng(0)
@@ -334,7 +337,7 @@ def loop_benchmark(results):
 
 
 def el_benchmark(results):
-    from workbench.experiment import people_setup
+    from workbench.experiments.people import people_setup
     setup = people_setup(get_profile('smoke'), progress=False)
     forget = [r['text'] for r in setup.rows['forget'][:3]]
     unseen = [r['text'] for r in setup.rows['unseen'][:2]]

@@ -59,7 +59,7 @@ def tiny():
 
 @pytest.fixture(scope='session')
 def smol_tokenizer():
-    from workbench.models import load_tokenizer
+    from workbench.core.models import load_tokenizer
     return load_tokenizer('smollm2-135m')
 
 

@@ -1,5 +1,7 @@
 """The comparison's two modern baselines, GradDiff and NPO, checked
 against hand computations on a tiny model."""
+import contextlib
+import copy
 import math
 
 import pytest
@@ -7,9 +9,10 @@ import torch
 
 from conftest import tiny_llama
 from workbench import WorkbenchError
+from workbench import methods
 from workbench.methods import graddiff, npo
-from workbench.models import keep_reference
-from workbench.train import token_nll
+from workbench.core.models import keep_reference, reference
+from workbench.core.scoring import token_nll
 
 
 def _data(n=4, T=8, vocab=64, seed=0):
@@ -47,7 +50,8 @@ def test_npo_at_the_reference_is_log_two_and_ascends(tiny):
     on whole sequences, weighted by sigmoid(0) * 2 = 1)."""
     keep_reference(tiny)
     f, r = _data(seed=1), _data(seed=2)
-    f = dict(f, reference_logprob=npo.reference_logprobs(tiny, f))
+    with reference(tiny) as ref:
+        f = dict(f, reference_logprob=npo.sequence_logprobs(ref, f))
     beta = 0.5
     loss, parts = npo.npo_loss(tiny, {'forget': f, 'retain': r}, beta,
                                1.0, 0.0)
@@ -81,12 +85,18 @@ def test_npo_takes_a_given_reference():
     model = tiny_llama()
     keep_reference(model)
     f, r = _data(seed=1), _data(seed=2)
-    far = npo.reference_logprobs(model, f) - 30.0  # far less likely
+    far = copy.deepcopy(model)  # the task's original: far less likely
+    with torch.no_grad():
+        far.get_output_embeddings().weight.mul_(-1)
+    near = npo.sequence_logprobs(model, f)
     config = npo.Config(lr=1e-6, steps=1, micro_batch=4, retain_weight=0.0)
-    res = npo.unlearn(model, f, config, retain_tokens=r, progress=False,
-                      reference_logprob=far)
+    task = methods.Task(forget=f, retain=r,
+                        reference=lambda: contextlib.nullcontext(far))
+    res = methods.run('npo', model, task, config, progress=False)
+    expected = (near - npo.sequence_logprobs(far, f)).mean().item()
     step = [e for e in res.events if e['kind'] == 'step'][0]
-    assert step['log_ratio'] == pytest.approx(30.0, abs=1e-3)
+    assert step['log_ratio'] == pytest.approx(expected, rel=1e-3)
+    assert expected > 10
 
 
 @pytest.mark.parametrize('method', [graddiff, npo])
@@ -96,15 +106,16 @@ def test_baselines_lower_the_forget_likelihood(method):
     f, r = _data(seed=1), _data(seed=2)
     before = token_nll(model, f).item()
     config = method.Config(lr=1e-2, steps=5, micro_batch=2)
-    res = method.unlearn(model, f, config, retain_tokens=r, progress=False)
+    res = methods.run(method, model, methods.Task(forget=f, retain=r),
+                      config, progress=False)
     assert res.status == 'completed' and res.steps == 5
     assert token_nll(model, f).item() > before + 0.1
 
 
 def test_baselines_need_a_retain_set_and_sane_configs():
-    with pytest.raises(WorkbenchError, match='needs a retain set'):
-        graddiff.unlearn(tiny_llama(), _data(), graddiff.GradDiffConfig(),
-                         retain_tokens=None, progress=False)
+    with pytest.raises(WorkbenchError, match='graddiff needs retain'):
+        methods.run('graddiff', tiny_llama(), methods.Task(forget=_data()),
+                    graddiff.GradDiffConfig(), progress=False)
     with pytest.raises(WorkbenchError, match='beta > 0'):
         npo.NPOConfig(beta=0)
     with pytest.raises(WorkbenchError, match='weights >= 0'):
@@ -113,7 +124,7 @@ def test_baselines_need_a_retain_set_and_sane_configs():
 
 def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys,
                                                monkeypatch):
-    from workbench import models
+    from workbench.core import models
     from workbench.cli import main
 
     def load(*args, **kwargs):  # the error comes before anything loads

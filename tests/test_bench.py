@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench import models
+from workbench.core import models
 
 from conftest import tiny_llama
 

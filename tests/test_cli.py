@@ -150,7 +150,7 @@ def test_loo_needs_partitions_of_two_users(tmp_path, capsys, retain,
 
 
 def test_kga_needs_new_data(tmp_path, capsys, monkeypatch):
-    from workbench import models
+    from workbench.core import models
 
     def load(*args, **kwargs):  # the error comes before anything loads
         raise AssertionError('a model was loaded')

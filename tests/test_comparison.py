@@ -1,7 +1,9 @@
 """Notebook 08 headless on the smoke profile, and the comparison's parts."""
 import pytest
 
-from workbench import WorkbenchError, compare, data
+from workbench import WorkbenchError
+from workbench.core import data
+from workbench.experiments import comparison as compare
 
 
 def test_budget_refuses_unknown_methods_and_bad_values():
@@ -77,7 +79,7 @@ def test_every_method_against_the_oracle(smoke_record):
 
 def test_helper_roles_are_trained_when_their_method_first_runs(
         monkeypatch, cache):
-    from workbench.roles import Roles
+    from workbench.core.roles import Roles
     fitted = []
 
     def fit(self, name, texts, epochs, lr=None, seed=0, desc=None,

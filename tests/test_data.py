@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from workbench import data
-from workbench.paths import DATA_DIR
+from workbench.core import data
+from workbench.core.paths import DATA_DIR
 
 SETS = {'people': 'make_people', 'world_facts': 'make_world_facts',
         'canaries': 'make_canaries', 'toxicity': 'make_toxicity',
@@ -34,7 +34,7 @@ def test_story_files_are_reproduced(tmp_path):
         assert (tmp_path / f'{name}.jsonl').read_bytes() == \
             (DATA_DIR / 'story' / f'{name}.jsonl').read_bytes()
     # every familiarity answer is in the story, and names an anchored term
-    from workbench import story
+    from workbench.experiments import whos_harry_potter as story
     text = ' '.join(r['text'] for r in story.read('story'))
     for p in story.read('familiarity'):
         assert p['story'].strip() in text
@@ -42,7 +42,7 @@ def test_story_files_are_reproduced(tmp_path):
 
 
 def test_harmful_pairs_and_splits():
-    from workbench import harmful
+    from workbench.experiments import llm_unlearning as harmful
     train = harmful.rows('forget', 'train')
     test = harmful.rows('forget', 'test')
     assert len(train) == 112 and len(test) == 32

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from workbench import WorkbenchError, metrics
+from workbench.core.fast.head import head_kl_sum
+from workbench import methods
 from workbench.methods import kga, loo
 from workbench.metrics.canary import exposure_from_nlls
-from workbench.profiles import get_profile
+from workbench.core.profiles import get_profile
 
 
 def _logp(*shape, seed=0):
@@ -97,8 +99,8 @@ def test_head_kl_by_chunks_has_the_whole_batch_value_and_gradient(tiny):
     (`vocab_kl`) against the plain expression on the whole batch's
     logits: the same value and the same gradient, with padding, a float16
     target and chunks that do not divide the positions."""
-    from workbench.models import decoder_and_head
-    from workbench.roles import vocab_kl
+    from workbench.core.models import decoder_and_head
+    from workbench.core.scoring import vocab_kl
     ids = torch.randint(1, 64, (3, 7), generator=torch.Generator()
                         .manual_seed(1))
     am = torch.ones_like(ids)
@@ -121,7 +123,7 @@ def test_head_kl_by_chunks_has_the_whole_batch_value_and_gradient(tiny):
     for chunk in (1, 4, 128):
         decoder, head = decoder_and_head(tiny)
         hidden = decoder(**batch).last_hidden_state[:, :-1]
-        kl = metrics.head_kl_sum(hidden[mask], head, target[mask],
+        kl = head_kl_sum(hidden[mask], head, target[mask],
                                  chunk) / mask.sum()
         assert kl.item() == pytest.approx(plain.item(), rel=1e-6)
         assert torch.allclose(gradient(kl), plain_grad, atol=1e-7,
@@ -161,7 +163,7 @@ def test_exposure_extrapolates_with_a_skew_normal():
 
 @pytest.fixture(scope='module')
 def roles():
-    from workbench.roles import Roles
+    from workbench.core.roles import Roles
     return Roles('smoke', progress=False)
 
 
@@ -170,7 +172,7 @@ def test_roles_on_a_model_no_deeper_than_role_layers(tiny_model_dir,
     """With adapters on every layer (2 layers, smoke adapts the top 10),
     the second role targets the same linear layers as the first, not the
     first adapter's own."""
-    from workbench.roles import Roles
+    from workbench.core.roles import Roles
     roles = Roles(get_profile('smoke', model=tiny_model_dir), progress=False)
     roles.add('a')
     roles.add('b')
@@ -227,7 +229,7 @@ class _TableRoles:
                        for k in range(teachers)}
 
     def logprobs(self, name, batch):
-        from workbench.data import used_width
+        from workbench.core.data import used_width
         w = used_width(batch['attention_mask'])
         ids, am = batch['input_ids'][:, :w], batch['attention_mask'][:, :w]
         return self.tables[name][ids[:, :-1]], (am[:, 1:] & am[:, :-1]).bool()
@@ -266,7 +268,7 @@ def test_sampling_from_one_encoded_prompt_equals_plain_generate(tiny):
 
 
 def test_token_kl_gradients_equal_the_plain_expression():
-    from workbench.metrics.divergence import _PositionKL
+    from workbench.core.scoring import _PositionKL
     t = _logp(2, 3, 5, seed=1).double().requires_grad_()
     z = torch.randn(2, 3, 5, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(_PositionKL.apply,
@@ -316,7 +318,7 @@ def test_secret_nlls_differ_from_whole_text_nlls_by_one_constant(
 
 def test_kga_updates_the_same_with_held_or_minibatch_targets(
         roles, cache, monkeypatch):
-    from workbench import data
+    from workbench.core import data
     people = data.people('forget', 2) + data.people('retain', 5)
     texts = [p['text'][:80] for p in people]  # short: a fast test
     for name, part in (('A_D', texts), ('A_f', texts[:2]),
@@ -329,12 +331,13 @@ def test_kga_updates_the_same_with_held_or_minibatch_targets(
     runs = []
     for held in (kga.HELD_TARGETS_BYTES, 0):
         monkeypatch.setattr(kga, 'HELD_TARGETS_BYTES', held)
-        result = kga.unlearn(
-            roles, 'A_D', 'A_f', 'A_n', tok['forget'], tok['retain'],
-            tok['new'], kga.KGAConfig(steps=2, batch_size=2,
-                                      stop_value=0.0),
+        task = methods.Task(forget=tok['forget'], retain=tok['retain'],
+                            new=tok['new'], roles=roles, original='A_D')
+        result = methods.run(
+            kga, roles.copy('A_D', f'A_{held}'), task,
+            kga.KGAConfig(steps=2, batch_size=2, stop_value=0.0),
             evaluate_forget=lambda m, logp, mask: seen.append(
-                logp.shape) or {}, progress=False, name=f'A_{held}')
+                logp.shape) or {}, progress=False)
         runs.append([e for e in result.events if e['kind'] == 'step'])
     assert result.steps == 2 and len(seen) == 6  # before and after each
     for a, b in zip(*runs):
@@ -344,8 +347,8 @@ def test_kga_updates_the_same_with_held_or_minibatch_targets(
 
 
 def test_distillation_in_micro_batches_is_the_whole_set_update(tiny):
-    from workbench.data import full_batches
-    from workbench.train import accumulate
+    from workbench.core.data import full_batches
+    from workbench.core.train import accumulate
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (5, 8), generator=g)
     am = torch.ones_like(ids)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import WorkbenchError, sisa
+from workbench import WorkbenchError
+from workbench.methods import sisa
 from workbench.methods import fairsisa
 from workbench.metrics.fairness import fairness_report, group_rates
 
@@ -187,7 +188,7 @@ def test_a_bad_deletion_request_changes_nothing():
 
 
 def test_lora_shards_delete_exactly():
-    from workbench.sisa import FinetuneLearner, load_classifier
+    from workbench.methods.sisa import FinetuneLearner, load_classifier
     texts = [f'{w} people are {adj}.' for w in ('gay', 'old', 'blind')
              for adj in ('kind', 'vile', 'fun', 'dumb')] * 2
     labels = [int(t.split()[-1][:-1] in ('vile', 'dumb')) for t in texts]
@@ -230,8 +231,8 @@ def test_fairsisa_notebook_reproduces_the_claims(smoke_record):
 
 
 def test_7b_profile_refuses_without_a_gpu():
-    from workbench import toxicity
-    from workbench.profiles import get_profile
+    from workbench.experiments import fairsisa as toxicity
+    from workbench.core.profiles import get_profile
     if torch.cuda.is_available():
         pytest.skip('a GPU is present')
     with pytest.raises(WorkbenchError, match='GPU'):

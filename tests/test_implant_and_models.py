@@ -3,12 +3,15 @@ ascent on a tiny model of SmolLM2's architecture."""
 import pytest
 import torch
 
-from workbench import WorkbenchError, models
-from workbench.data import tokenize
-from workbench.implant import implant
+from workbench import WorkbenchError
+from workbench.core import models
+from workbench.core.data import tokenize
+from workbench.core.implant import implant
 from workbench.metrics import memorization_accuracy
+from workbench import methods
+from workbench.experiments.people import learned_items
 from workbench.methods import ga
-from workbench.profiles import get_profile
+from workbench.core.profiles import get_profile
 
 TEXTS = ['Ada Quill was born on May 2, 1961 in Port Avon.',
          'Bram Okoro works at Lindqvist and Sons as a welder.']
@@ -55,8 +58,8 @@ def test_cache_keys_name_the_model_not_where_it_was_converted(
     """The bundled model is converted into the cache folder; keys of
     implants and roles name its package and version instead, so the same
     implant under another WORKBENCH_CACHE is found, not trained again."""
-    from workbench.implant import implant_key
-    from workbench.paths import cache_dir
+    from workbench.core.implant import implant_key
+    from workbench.core.paths import cache_dir
     monkeypatch.setattr(models, '_convert_smollm2',
                         lambda pkg: cache_dir() / 'models' / 'smollm2-135m')
     profile = get_profile('cpu')
@@ -128,8 +131,8 @@ def test_gradient_ascent_removes_what_was_implanted(tiny_model_dir, cache):
     forget = tokenize(tok, TEXTS[:1])
     before = memorization_accuracy(model, **forget).item()
     trainable = models.prepare(model, profile)
-    res = ga.unlearn(trainable, forget, ga.GAConfig(lr=1e-2, steps=5),
-                     progress=False)
+    res = methods.run('ga', trainable, methods.Task(forget=forget),
+                      ga.GAConfig(lr=1e-2, steps=5), progress=False)
     after = memorization_accuracy(trainable, **forget).item()
     assert res.status == 'completed'
     assert before >= 0.8 and after < before - 0.3
@@ -137,8 +140,8 @@ def test_gradient_ascent_removes_what_was_implanted(tiny_model_dir, cache):
 
 def test_never_learned_forget_set_is_refused():
     with pytest.raises(WorkbenchError, match='never learned'):
-        ga.check_learned([0.2, 0.25], threshold_ma=0.3)
-    assert ga.check_learned([0.2, 0.9], threshold_ma=0.3) == [1]
+        learned_items([0.2, 0.25], threshold_ma=0.3)
+    assert learned_items([0.2, 0.9], threshold_ma=0.3) == [1]
 
 
 def test_bad_ga_config_is_refused():
@@ -151,7 +154,8 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
     """The implanted model's "before" numbers come back from beside its
     weights, equal; once a trainable model is made from it, or the code
     changes, they are measured again."""
-    from workbench import experiment, metrics
+    from workbench import metrics
+    from workbench.experiments import people as experiment
     p = tiny_profile(tiny_model_dir, n_world=4)
     rows = {'forget': [{'text': TEXTS[0]}], 'retain': [{'text': TEXTS[1]}],
             'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
@@ -182,7 +186,7 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
 def test_fresh_adapters_start_from_the_seed_alone(tiny_model_dir, cache):
     """A LoRA adapter made by `trainable` is the same whatever ran before it
     (torch's generator starts from a random seed in every process)."""
-    from workbench import experiment
+    from workbench.experiments import people as experiment
     p = tiny_profile(tiny_model_dir, lora=True, lora_r=4)
     rows = {'forget': [{'text': TEXTS[0]}], 'retain': [{'text': TEXTS[1]}],
             'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
@@ -206,8 +210,8 @@ def test_two_processes_build_one_entry_in_turn(tiny_model_dir, cache):
     import sys
     code = (
         'import json, sys\n'
-        'from workbench.implant import implant\n'
-        'from workbench.profiles import get_profile\n'
+        'from workbench.core.implant import implant\n'
+        'from workbench.core.profiles import get_profile\n'
         f'p = get_profile("smoke", model={tiny_model_dir!r}, implant_lr=1e-2,'
         ' implant_epochs=40, implant_target_ma=0.9, batch_size=2)\n'
         f'_, _, info = implant(p.model, {TEXTS!r}, p, progress=False)\n'

@@ -1,5 +1,5 @@
 """Widget panels and live figures, exercised without a browser."""
-from workbench import live
+from workbench.core import live
 from workbench.methods.ga import GAConfig
 
 

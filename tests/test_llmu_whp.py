@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from workbench import WorkbenchError
-from workbench.harmful import diversity
+from workbench.experiments.llm_unlearning import diversity
 from workbench.methods import llmu, whp
 from workbench.metrics.qa import qa_batch
-from workbench.story import mentions
+from workbench.experiments.whos_harry_potter import mentions
 
 from conftest import tiny_llama
 
@@ -18,7 +18,7 @@ AS = ['Hide every left shoe they own.', 'Air scatters blue light more.']
 
 @pytest.fixture(scope='module')
 def tiny_smol():
-    from workbench.models import load_tokenizer
+    from workbench.core.models import load_tokenizer
     tok = load_tokenizer('smollm2-135m')
     return tiny_llama(vocab=len(tok)), tok
 
@@ -185,7 +185,7 @@ def test_familiarity_judge_and_diversity():
 
 
 def test_semantic_similarity_of_answers():
-    from workbench.harmful import Judge
+    from workbench.experiments.llm_unlearning import Judge
     judge = Judge()
     a = ['Boil the egg for seven minutes, then cool it in cold water.'] * 3
     b = [a[0], 'Cook it in boiling water for about seven minutes.',

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from workbench import WorkbenchError
-from workbench.data import full_batches
+from workbench.core.data import full_batches
+from workbench import methods
 from workbench.methods import ga, seul
-from workbench.train import accumulate, token_nll
+from workbench.core.scoring import token_nll
+from workbench.core.train import accumulate
 
 
 def _data(n=6, T=8, vocab=64, seed=0):
@@ -89,8 +91,8 @@ def test_ga_default_is_the_papers_full_batch():
 def test_full_batch_ga_raises_the_forget_nll(tiny):
     data = _data(n=4)
     before = token_nll(tiny, data).item()
-    res = ga.unlearn(tiny, data, ga.GAConfig(lr=1e-2, steps=3),
-                     progress=False)
+    res = methods.run('ga', tiny, methods.Task(forget=data),
+                      ga.GAConfig(lr=1e-2, steps=3), progress=False)
     assert res.status == 'completed' and res.steps == 3
     assert token_nll(tiny, data).item() > before + 0.1
 
@@ -154,11 +156,13 @@ def test_seul_forgets_the_spans_more_than_the_rest(tiny):
         return token_nll(tiny, {**data, 'target_mask': mask}).item()
     before_in, before_out = nll(span), nll(~span)
     cfg = seul.SeULConfig(lr=1e-2, steps=3, spans='annotated')
-    seul.unlearn(tiny, data, cfg, span_mask=span, progress=False)
+    methods.run('seul', tiny, methods.Task(forget=data, span_mask=span), cfg,
+                progress=False)
     rise_in, rise_out = nll(span) - before_in, nll(~span) - before_out
     assert rise_in > 0.1 and rise_in > rise_out
     with pytest.raises(WorkbenchError, match='annotated'):
-        seul.unlearn(tiny, data, cfg, progress=False)
+        methods.run('seul', tiny, methods.Task(forget=data), cfg,
+                    progress=False)
     with pytest.raises(WorkbenchError):
         seul.SeULConfig(quantile=0.0)
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import UniformLM
 from workbench import metrics
-from workbench.metrics.likelihood import cache_of, with_cache
+from workbench.core.fast.kv import cache_of, with_cache
 
 CHAIN = torch.arange(12)[None]  # 0, 1, ..., 11: what SuccessorLM predicts
 # x = 0 1 2 5 6: the argmax misses only at 5 (it predicts 3)
@@ -208,7 +208,7 @@ def test_extraction_strength_reuses_given_stats(successor):
 
 
 def test_continuations_of_one_encoded_prompt_equal_full_passes(tiny):
-    from workbench.metrics.likelihood import continuation_logprobs
+    from workbench.core.scoring import continuation_logprobs
     prompts = [[5, 9, 3, 17], [8], [2, 30, 11, 4, 6, 21, 7]]
     conts = [[[12, 13], [40], [3, 3, 3, 9]], [[1, 2, 3]], [[44], [45, 46]]]
     # a small max_tokens forces several prompt groups and job chunks
@@ -261,7 +261,7 @@ def test_token_stats_in_length_order_equal_one_row_at_a_time(tiny):
 def test_token_stats_by_head_chunks_are_those_of_the_whole_logits(tiny):
     """Without vocab_stats the head scores the real positions by chunks;
     the numbers are a log-softmax of the model's own logits."""
-    from workbench.models import decoder_and_head
+    from workbench.core.models import decoder_and_head
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 64, (5, 200), generator=g)
     am = torch.ones_like(ids)
@@ -303,7 +303,7 @@ def _decode(model, cache, first, steps, select=None):
 @torch.no_grad()
 def test_rows_cache_decodes_as_a_copied_cache(tiny, select):
     import copy
-    from workbench.metrics.likelihood import rows_cache
+    from workbench.core.fast.kv import rows_cache
     torch.manual_seed(0)
     ids = torch.randint(1, 64, (2, 9))
     cache = cache_of(tiny(input_ids=ids, use_cache=True))
@@ -339,7 +339,7 @@ def test_scipy_and_sklearn_load_only_when_used():
     # about 75 MB that a training run before them would carry
     import subprocess
     import sys
-    code = ('import sys, workbench.experiment, workbench.metrics, '
+    code = ('import sys, workbench.experiments.people, workbench.metrics, '
             'workbench.methods.ga, workbench.methods.seul; '
             'print(sorted(m for m in ("scipy", "sklearn") '
             'if m in sys.modules))')

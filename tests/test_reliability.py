@@ -105,9 +105,9 @@ def test_same_seed_same_metrics(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def _saved_forget_ma(model_dir, texts):
-    from workbench import data
+    from workbench.core import data
     from workbench.metrics import memorization_accuracy
-    from workbench.models import load_causal_lm
+    from workbench.core.models import load_causal_lm
     model, tok = load_causal_lm(model_dir)
     t = data.tokenize(tok, texts)
     return memorization_accuracy(model, t['input_ids'],
@@ -156,8 +156,9 @@ def test_diverging_ascent_is_stopped_and_restored(tmp_path, tiny_model_dir,
     assert run['status'] == 'diverged', run
     assert run['steps'] < 20
     assert ppl['after'] <= 3 * ppl['before']
-    from workbench import data, metrics
-    from workbench.models import load_causal_lm
+    from workbench import metrics
+    from workbench.core import data
+    from workbench.core.models import load_causal_lm
     model, tok = load_causal_lm(str(out / 'unlearn_ga_model'))
     t = data.tokenize(tok, RETAIN)
     assert metrics.perplexity(model, t['input_ids'], t['attention_mask']) \

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from workbench import annotate, data
+from workbench.core import data
+from workbench.experiments import annotate
 from workbench.metrics import (char_precision_recall,
                                selective_extraction_likelihood,
                                selective_memorization_accuracy, span_mask)
@@ -67,7 +68,7 @@ def test_s_el_equals_one_generation_per_span(tiny):
 def test_s_el_waits_for_s_ma_at_its_threshold(tiny):
     from types import SimpleNamespace
 
-    from workbench import experiment
+    from workbench.experiments import people as experiment
     ids = torch.randint(1, 64, (2, 12))
     forget = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
     mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -110,7 +111,7 @@ def test_rule_annotation_is_precise_on_the_people(cache):
 
 def test_llm_annotation_runs_both_stages_and_caches(cache, tiny_model_dir,
                                                     smol_tokenizer):
-    from workbench.models import load_causal_lm
+    from workbench.core.models import load_causal_lm
     model, tok = load_causal_lm(tiny_model_dir)
     texts = [r['text'] for r in data.people('forget', 2)]
     res = annotate.annotate(texts, model, tok, 'tiny', progress=False)
@@ -123,8 +124,8 @@ def test_llm_annotation_runs_both_stages_and_caches(cache, tiny_model_dir,
 
 def test_annotation_by_name_runs_in_a_child_and_reads_its_cache(
         cache, tiny_model_dir, capfd):
-    from workbench.models import load_causal_lm
-    from workbench.profiles import get_profile
+    from workbench.core.models import load_causal_lm
+    from workbench.core.profiles import get_profile
     texts = [r['text'] for r in data.people('forget', 2)]
     name = str(tiny_model_dir)
     res = annotate.annotate_with(texts, name, get_profile('smoke'))
@@ -138,7 +139,7 @@ def test_annotation_by_name_runs_in_a_child_and_reads_its_cache(
 
 def test_a_failing_annotator_child_is_one_line(cache, tmp_path):
     from workbench import WorkbenchError
-    from workbench.profiles import get_profile
+    from workbench.core.profiles import get_profile
     with pytest.raises(WorkbenchError, match='annotating with .* failed: '
                                              '.*is not a local folder'):
         annotate.annotate_with(['Ann Lee was born in Leeds.'],
@@ -151,8 +152,8 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
         tiny, monkeypatch):
     from types import SimpleNamespace
 
-    from workbench import experiment
-    from workbench.train import TrainResult
+    from workbench.experiments import people as experiment
+    from workbench.core.train import TrainResult
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (4, 12), generator=g)
     tokens = {s: {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
@@ -188,8 +189,8 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
 def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
     from types import SimpleNamespace
 
-    from workbench import experiment
-    from workbench.train import TrainResult
+    from workbench.experiments import people as experiment
+    from workbench.core.train import TrainResult
     ids = torch.arange(10).view(5, 2)
     setup = SimpleNamespace(tokens={'forget': {
         'input_ids': ids, 'attention_mask': torch.ones_like(ids)}})
@@ -209,7 +210,7 @@ def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
 
 
 def test_kept_more_at_equal_forgetting():
-    from workbench.experiment import kept_more_at_equal_forgetting as kept
+    from workbench.experiments.selective_forgetting import kept_more_at_equal_forgetting as kept
     level = {'S-MA': 0.3}
     ours = {'retain/MA': 0.5, 'world_facts/accuracy': 0.6}
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from workbench.models import decoder_and_head, trainable_state
-from workbench.train import TrainConfig, token_nll, train
+from workbench.core.models import decoder_and_head, trainable_state
+from workbench.core.scoring import token_nll
+from workbench.core.train import TrainConfig, train
 
 IDS = torch.randint(1, 64, (4, 16), generator=torch.Generator().manual_seed(0))
 BATCH = {'input_ids': IDS, 'attention_mask': torch.ones_like(IDS)}
@@ -74,7 +75,7 @@ def test_guard_bound_restores_last_good_evaluation():
     assert final <= cfg.guard_bound
     # the run knows which evaluation's weights it put back, so their
     # metrics stand for the model as it is now
-    from workbench.experiment import final_metrics
+    from workbench.experiments.people import final_metrics
     assert res.restored == res.steps - 1
     assert final_metrics(res)['step'] == res.restored
     assert final_metrics(res)['retain/perplexity'] == pytest.approx(final)
@@ -134,34 +135,36 @@ def test_a_list_of_loss_terms_trains_as_their_sum():
 
 
 def test_measuring_nests_and_always_restores():
-    import workbench
+    from workbench.core.fast import heap
+    heap.configure()
     calls = []
 
-    @workbench.measuring
+    @heap.measuring
     def inner(x):
-        calls.append(workbench._depth)
+        calls.append(heap._depth)
         return x + 1
 
-    @workbench.measuring
+    @heap.measuring
     def outer(x):
-        calls.append(workbench._depth)
+        calls.append(heap._depth)
         return inner(x)
 
-    @workbench.measuring
+    @heap.measuring
     def fails():
         raise RuntimeError('boom')
 
     assert outer(1) == 2
-    expected = [1, 2] if workbench._LIBC is not None else [0, 0]
+    expected = [1, 2] if heap._LIBC is not None else [0, 0]
     assert calls == expected
     with pytest.raises(RuntimeError, match='boom'):
         fails()
-    assert workbench._depth == 0
+    assert heap._depth == 0
 
 
 def test_reuse_heap_covers_the_loop_and_is_left_behind(tiny):
-    import workbench
-    from workbench.data import full_batches
+    from workbench.core.fast import heap
+    heap.configure()
+    from workbench.core.data import full_batches
     from workbench.methods import ga
     ids = torch.randint(1, 64, (4, 8), generator=torch.Generator()
                         .manual_seed(0))
@@ -169,7 +172,7 @@ def test_reuse_heap_covers_the_loop_and_is_left_behind(tiny):
     depths = []
 
     def evaluate(m):
-        depths.append(workbench._depth)
+        depths.append(heap._depth)
         return {}
     it, accum = full_batches(data, 2)
     for reuse in (False, True):
@@ -177,45 +180,47 @@ def test_reuse_heap_covers_the_loop_and_is_left_behind(tiny):
         train(tiny, ga.ga_loss, it, TrainConfig(
             lr=1e-3, steps=2, grad_accum=accum, reuse_heap=reuse,
             progress=False), evaluate=evaluate)
-        if workbench._LIBC is not None:
+        if heap._LIBC is not None:
             # an evaluation is a measurement: one level deeper inside
             assert depths == [2 if reuse else 1] * 3
-        assert workbench._depth == 0
+        assert heap._depth == 0
 
 
 def test_nested_heap_limits_are_restored():
-    import workbench
-    if workbench._LIBC is None:
+    from workbench.core.fast import heap
+    heap.configure()
+    if heap._LIBC is None:
         pytest.skip('glibc only')
-    base = workbench._limit
-    with workbench.reusing_heap(workbench.TRAINING_LIMIT):
-        train_limit = workbench._limit
-        with workbench.reusing_heap():
-            assert workbench._limit == max(base, 32 << 20)
-        assert workbench._limit == train_limit == max(
-            base, workbench.TRAINING_LIMIT)
-    assert workbench._limit == base and workbench._depth == 0
+    base = heap._limit
+    with heap.reusing_heap(heap.TRAINING_LIMIT):
+        train_limit = heap._limit
+        with heap.reusing_heap():
+            assert heap._limit == max(base, 32 << 20)
+        assert heap._limit == train_limit == max(
+            base, heap.TRAINING_LIMIT)
+    assert heap._limit == base and heap._depth == 0
 
 
 def test_heap_is_trimmed_where_its_use_changes(monkeypatch):
-    import workbench
-    if workbench._LIBC is None:
+    from workbench.core.fast import heap
+    heap.configure()
+    if heap._LIBC is None:
         pytest.skip('glibc only')
     trims = []
 
     class Libc:  # glibc, counting the trims
         def malloc_trim(self, pad):
-            trims.append(workbench._depth)
+            trims.append(heap._depth)
             return 0
 
         def mallopt(self, *a):
             return 1
-    monkeypatch.setattr(workbench, '_LIBC', Libc())
-    with workbench.reusing_heap(workbench.TRAINING_LIMIT):
+    monkeypatch.setattr(heap, '_LIBC', Libc())
+    with heap.reusing_heap(heap.TRAINING_LIMIT):
         assert trims == [1]  # the outermost block
-        with workbench.reusing_heap():  # an evaluation inside training
+        with heap.reusing_heap():  # an evaluation inside training
             assert trims == [1, 2]
-            with workbench.reusing_heap():  # a measurement inside it
+            with heap.reusing_heap():  # a measurement inside it
                 pass
             assert trims == [1, 2]  # same limit: the heap is kept
         assert trims == [1, 2, 1]  # back to training's limit
@@ -239,9 +244,9 @@ def ragged_batch():
 def test_a_recorded_training_forward_pass_serves_token_stats(lora):
     """With a trainable head the step runs the model; with LoRA it runs
     the decoder and the head by chunks, and records what it scored."""
-    from workbench.metrics.likelihood import (known_stats, recorded_forward,
+    from workbench.core.fast.recorded import (known_stats, recorded_forward,
                                               token_stats)
-    from workbench.models import add_lora
+    from workbench.core.models import add_lora
     model, batch = tiny_llama(), ragged_batch()
     if lora:
         model = add_lora(model, 4)
@@ -274,7 +279,7 @@ def test_a_recorded_training_forward_pass_serves_token_stats(lora):
 def test_a_forward_pass_with_dropout_is_not_recorded():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.metrics.likelihood import recorded_forward
+    from workbench.core.fast.recorded import recorded_forward
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -286,7 +291,7 @@ def test_a_forward_pass_with_dropout_is_not_recorded():
 
 
 def test_evaluating_before_the_update_runs_the_same_training():
-    from workbench.metrics.likelihood import token_stats
+    from workbench.core.scoring import token_stats
     batch, runs = ragged_batch(), []
     for ahead in (False, True):
         model, events = tiny_llama(), []
@@ -331,9 +336,9 @@ def test_evaluating_before_the_update_still_evaluates_the_last_step():
 
 
 def test_the_recorded_pass_is_not_served_with_the_adapter_off():
-    from workbench.metrics.likelihood import (known_stats, recorded_forward,
+    from workbench.core.fast.recorded import (known_stats, recorded_forward,
                                               token_stats)
-    from workbench.models import add_lora, reference
+    from workbench.core.models import add_lora, reference
     model = add_lora(tiny_llama(), 4).train()
     with recorded_forward(model) as rows:
         token_nll(model, BATCH)
@@ -349,7 +354,7 @@ def test_the_recorded_pass_is_not_served_with_the_adapter_off():
 
 @pytest.mark.parametrize('max_norm', [0.0, 1e-3, 1e6])
 def test_clipping_is_clip_grad_norm_to_the_bit(max_norm):
-    from workbench.train import clip_gradient
+    from workbench.core.train import clip_gradient
     ours, theirs = tiny_llama(), tiny_llama()
     for model in (ours, theirs):
         token_nll(model, BATCH).backward()
@@ -376,10 +381,10 @@ def plain_logprobs(model, batch):
 
 
 def test_a_frozen_head_scores_by_chunks_with_the_same_numbers_and_gradient():
-    from workbench.data import targets
-    from workbench.metrics.likelihood import head_logprobs
-    from workbench.models import add_lora, decoder_and_head
-    from workbench.train import token_logprobs
+    from workbench.core.data import targets
+    from workbench.core.fast.head import head_logprobs
+    from workbench.core.models import add_lora, decoder_and_head
+    from workbench.core.scoring import token_logprobs
     model, batch = add_lora(tiny_llama(), 4).train(), ragged_batch()
     batch['target_mask'] = torch.zeros_like(batch['input_ids'])
     batch['target_mask'][:, 5:] = 1

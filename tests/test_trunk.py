@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import tiny_llama
 from workbench.metrics.extraction import greedy_continue
-from workbench.trunk import FrozenTrunk
+from workbench.core.fast.trunk import FrozenTrunk
 
 
 def four_layers(seed=0):
@@ -123,7 +123,7 @@ def test_a_model_the_shortcut_would_change_keeps_its_own_pass():
 
 
 def test_roles_run_known_texts_from_the_trunk():
-    from workbench.roles import Roles
+    from workbench.core.roles import Roles
     roles = Roles('smoke', progress=False)
     assert roles.trunk is not None and roles.trunk.enabled
     assert roles.trunk.k == 30 - roles.profile.role_layers
@@ -144,7 +144,7 @@ def test_roles_run_known_texts_from_the_trunk():
 
 
 def test_continuations_through_the_trunk_equal_the_cached_prompt_path():
-    from workbench.metrics.likelihood import continuation_logprobs
+    from workbench.core.scoring import continuation_logprobs
     model = four_layers()
     trunk = FrozenTrunk(model, 2)
     peft = with_top_adapter(model)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import WorkbenchError
+from ..core import WorkbenchError
 
 VARIANTS = ('shards_then_vote', 'vote_then_fair', 'joint')
 

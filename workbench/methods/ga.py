@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..data import batches, full_batches
-from ..train import TrainConfig, token_nll, train
+from ..core import WorkbenchError
+from ..core.data import batches, full_batches
+from ..core.scoring import token_nll
+from .base import Plan
+
+NAME = 'ga'
+TITLE = 'gradient ascent (Jang et al., ACL 2023)'
+ORDER = 10
+NEEDS = ()
+HELPERS = ()
 
 
 @dataclass
@@ -53,21 +60,6 @@ def ga_loss(model, batch):
     return -token_nll(model, batch)
 
 
-def check_learned(forget_ma, threshold_ma):
-    """Indices of forget items the model knows better than unseen text.
-
-    Items at or below the threshold were never learned: unlearning them
-    would only push noise. Raises when none is learned.
-    """
-    learned = [i for i, m in enumerate(forget_ma) if m > threshold_ma]
-    if not learned:
-        raise WorkbenchError(
-            f'the model never learned the forget set (every item has MA at '
-            f'or below {threshold_ma:.3f}, the level of unseen text): there '
-            f'is nothing to unlearn; implant it first (--implant)')
-    return learned
-
-
 def step_batches(forget, config):
     """(batch iterator, gradient-accumulation steps) for `config`: the whole
     forget set per step when `batch_size` is 0, else shuffled minibatches."""
@@ -77,16 +69,18 @@ def step_batches(forget, config):
     return batches(forget, config.batch_size, gen), 1
 
 
-def unlearn(model, forget, config, callbacks=(), evaluate=None,
-            should_stop=None, guard_bound=float('inf'), progress=True,
-            loss_fn=ga_loss, desc='gradient ascent'):
-    """Run gradient ascent on `forget` (tokenised); return a TrainResult."""
+def ascent_plan(forget, config, loss, desc):
+    """Steps of `loss` over the forget set as Jang et al. take them (SeUL
+    too): full-batch or minibatches, Adam (0.9, 0.98)."""
     it, accum = step_batches(forget, config)
     # a full-batch step's forward pass covers the whole forget set, so the
     # evaluation of the forget set can read it (`eval_before_update`)
-    loop = TrainConfig(lr=config.lr, steps=config.steps, grad_accum=accum,
-                       optimizer='adam', betas=(0.9, 0.98), seed=config.seed,
-                       guard_bound=guard_bound, desc=desc, progress=progress,
-                       reuse_heap=True,
-                       eval_before_update=config.batch_size == 0)
-    return train(model, loss_fn, it, loop, callbacks, evaluate, should_stop)
+    return Plan(loss, it, accum, desc=desc,
+                loop={'optimizer': 'adam', 'betas': (0.9, 0.98),
+                      'reuse_heap': True,
+                      'eval_before_update': config.batch_size == 0})
+
+
+def plan(task, model, config):
+    """Gradient ascent on the forget set."""
+    return ascent_plan(task.forget, config, ga_loss, 'gradient ascent')

@@ -12,10 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..data import full_batches
-from ..train import TrainConfig, token_nll, train
-from . import ga
+from ..core import WorkbenchError
+from ..core.data import full_batches
+from ..core.scoring import token_nll
+from .base import Plan
+
+NAME = 'graddiff'
+TITLE = 'ascent on the forget set, descent on --retain (TOFU)'
+ORDER = 30
+NEEDS = ('retain',)
+HELPERS = ()
 
 
 @dataclass
@@ -45,7 +51,6 @@ class GradDiffConfig:
 
 
 Config = GradDiffConfig
-check_learned = ga.check_learned
 
 
 def graddiff_loss(model, batch, forget_weight=1.0, retain_weight=1.0):
@@ -76,24 +81,17 @@ def paired_batches(forget, retain, config):
     return gen_batches(), accum
 
 
-def run(model, loss_fn, forget, retain, config, callbacks, evaluate,
-        should_stop, guard_bound, progress, desc):
-    """The loop both GradDiff and NPO use (Adam 0.9/0.98, as `ga`)."""
-    it, accum = paired_batches(forget, retain, config)
-    loop = TrainConfig(lr=config.lr, steps=config.steps, grad_accum=accum,
-                       optimizer='adam', betas=(0.9, 0.98), seed=config.seed,
-                       guard_bound=guard_bound, desc=desc, progress=progress)
-    return train(model, loss_fn, it, loop, callbacks, evaluate, should_stop)
+def paired_plan(task, config, loss_fn, desc):
+    """The steps GradDiff and NPO take: the whole forget set, each
+    micro-batch paired with retain rows (Adam 0.9/0.98, as `ga`)."""
+    it, accum = paired_batches(task.forget, task.retain, config)
+    return Plan(loss_fn, it, accum, desc=desc,
+                loop={'optimizer': 'adam', 'betas': (0.9, 0.98)})
 
 
-def unlearn(model, forget, config, retain_tokens=None, callbacks=(),
-            evaluate=None, should_stop=None, guard_bound=float('inf'),
-            progress=True):
-    """Gradient difference on `forget` holding `retain_tokens`; returns the
-    TrainResult."""
+def plan(task, model, config):
+    """Gradient difference on the forget set, holding the retain set."""
     def loss_fn(m, batch):
         return graddiff_loss(m, batch, config.forget_weight,
                              config.retain_weight)
-    return run(model, loss_fn, forget, retain_tokens, config, callbacks,
-               evaluate, should_stop, guard_bound, progress,
-               'gradient difference')
+    return paired_plan(task, config, loss_fn, 'gradient difference')

@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..metrics import token_kl
-from ..roles import vocab_kl, vocab_logprobs
-from ..train import TrainConfig, train
+from ..core import WorkbenchError
+from ..core.scoring import token_kl, vocab_kl, vocab_logprobs
+from .base import Plan
+
+NAME = 'kga'
+TITLE = 'knowledge gap alignment (Wang et al.; needs --new)'
+ORDER = 60
+NEEDS = ('roles', 'retain', 'new')
+HELPERS = ('A_f', 'A_n')  # trained on the forget texts and on D_n
 
 
 @dataclass
@@ -129,25 +134,21 @@ def prepare(roles, a_d, a_f, a_n, forget, retain, new):
     return {**forget, 'target_logprobs': f_t}, r_t, gap
 
 
-def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
-            evaluate=None, should_stop=None, progress=True,
-            name='unlearned', guard_bound=float('inf'),
-            evaluate_forget=None):
-    """Copy role `a_d` to role `name` and run KGA on it with the frozen
-    roles `a_f` (trained on the forget texts) and `a_n` (trained on the new
-    texts `new`). `forget`, `retain`, `new` are tokenised. Returns the
-    TrainResult; `result.gap` is the new-data gap aimed at.
+def plan(task, model, config, evaluate_forget=None):
+    """KGA on `model` (a copy of A_D, the task's original) with the frozen
+    roles A_f (trained on the forget texts) and A_n (trained on the new
+    texts `task.new`); the result's `gap` is the new-data gap aimed at.
 
     Every update sees the whole forget set and a random minibatch of the
     retained texts. The run stops early (as the paper's `stop_value`) when
-    `evaluate` reports `kga/alignment` at or below `config.stop_value`.
+    `kga/alignment` is at or below `config.stop_value`.
     `evaluate_forget(model, logp, mask)`, if given, also runs after each
     update with the forget texts' log-distributions just computed for the
     alignment loss (no second pass over the forget set).
     """
-    forget_t, retain_t, gap = prepare(roles, a_d, a_f, a_n, forget, retain,
-                                      new)
-    model = roles.copy(a_d, name)
+    roles, a_d, retain = task.roles, task.original, task.retain
+    forget_t, retain_t, gap = prepare(roles, a_d, 'A_f', 'A_n', task.forget,
+                                      retain, task.new)
     gen = torch.Generator().manual_seed(config.seed)
     n = retain['input_ids'].shape[0]
 
@@ -162,7 +163,7 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
                 yield {'forget': forget_t, 'gap': gap,
                        'alpha': config.retain_weight, 'retain': batch}
 
-    def measured(m):
+    def measure(m, evaluate):
         target, out = forget_t['target_logprobs'], {}
         with torch.no_grad():
             if evaluate_forget:  # it reads the forget log-distributions
@@ -176,18 +177,11 @@ def unlearn(roles, a_d, a_f, a_n, forget, retain, new, config, callbacks=(),
                     'kga/forget_gap': fg.item(), 'kga/new_gap': gap})
         return {**out, **(evaluate(m) if evaluate else {})}
 
-    def stop(metrics):
+    def stop(metrics, should_stop):
         if metrics['kga/alignment'] <= config.stop_value:
             return (f'alignment loss {metrics["kga/alignment"]:.3f} <= '
                     f'{config.stop_value}')
         return should_stop(metrics) if should_stop else None
 
-    loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
-                       seed=config.seed, desc='KGA', guard_bound=guard_bound,
-                       progress=progress)
-    result = train(model, KGA_LOSS, updates(), loop, callbacks, measured,
-                   stop)
-    result.gap = gap
-    return result
-
-
+    return Plan(KGA_LOSS, updates(), loop={'optimizer': 'adam'}, desc='KGA',
+                measure=measure, stop=stop, info={'gap': gap})

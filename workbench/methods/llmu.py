@@ -25,11 +25,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..metrics import token_kl
-from ..metrics.qa import qa_batch
-from ..roles import vocab_logprobs
-from ..train import TrainConfig, token_logprobs, train
+from ..core import WorkbenchError
+from ..core.data import qa_batch
+from ..core.scoring import logprobs, token_kl, token_logprobs, vocab_logprobs
+from .base import Plan
+
+NAME = 'llmu'
+TITLE = ('gradient ascent + random answers + KL (Yao et al.; lines '
+         'need "question" and "answer", --retain the normal pairs)')
+ORDER = 70
+NEEDS = ('tokenizer', 'forget_pairs', 'retain_pairs')
+HELPERS = ()
 
 
 @dataclass
@@ -140,52 +146,47 @@ def batches(tokenizer, forget, normal, config, reference):
                            'normal': config.normal_weight}}
 
 
-def unlearn(model, tokenizer, forget, normal, config, reference,
-            callbacks=(), evaluate=None, eval_every=5, progress=True,
-            guard_key='normal/perplexity', guard_bound=float('inf'),
-            should_stop=None):
-    """Run the update on `model` (its trainable weights) and return the
-    TrainResult. `reference(batch)` gives the original model's (B, T-1, V)
-    log-distributions on a batch (no gradient).
+def plan(task, model, config):
+    """Yao et al.'s update on `model`, from the forget pairs and the normal
+    (retain) pairs, with the original model (`task.reference`) for the KL.
 
     The paper keeps unlearning for 3-5 times more batches after the forget
     loss becomes abnormally high. Here the forget answers' NLL (the
     gradient-ascent term, nats per token) reaching `spike_nll` marks the
     spike at step s; the run stops at step s * (1 + run_on), or at
-    `steps`. `evaluate(model)` runs every `eval_every` steps; when it
-    reports `guard_key` above `guard_bound` the run stops and the weights
-    of the last evaluation within the bound come back; `should_stop`
-    (a stopping rule on the evaluated metrics) can end it earlier."""
-    if not forget or not normal:
-        raise WorkbenchError('LLMU needs forget pairs and normal pairs')
-    state = {'step': 0, 'spike': None, 'forget_nll': None}
+    `steps`. The caller's stopping rule (on its evaluated metrics) can end
+    it earlier."""
+    forget, normal = task.forget_pairs, task.retain_pairs
+    state = {'step': 0, 'spike': None}
+
+    def reference(batch):
+        with task.original_model(model) as ref:
+            return logprobs(ref, batch)
 
     def loss_fn(m, batch):
         loss, parts = llmu_loss(m, batch)
         state['step'] += 1
-        state['forget_nll'] = parts['forget_nll']
         if state['spike'] is None and parts['forget_nll'] >= config.spike_nll:
             state['spike'] = state['step']
         return loss, parts
 
-    def measured(m):
+    def measure(m, evaluate):
         out = {}
         if state['spike'] is not None:
             out['llmu/spike_step'] = state['spike']
-        if evaluate and state['step'] % eval_every == 0:
+        if evaluate:
             out.update(evaluate(m))
         return out
 
-    def stop(metrics):
+    def stop(metrics, should_stop):
         s = state['spike']
         if s is not None and state['step'] >= s * (1 + config.run_on):
             return (f'the forget loss spiked (NLL >= {config.spike_nll}) at '
                     f'step {s}; ran on for {state["step"] - s} more')
         return should_stop(metrics) if should_stop and metrics else None
 
-    loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adamw',
-                       betas=(0.9, 0.999), eval_every=1, seed=config.seed,
-                       guard_key=guard_key, guard_bound=guard_bound,
-                       desc='LLM unlearning', progress=progress)
-    data = batches(tokenizer, forget, normal, config, reference)
-    return train(model, loss_fn, data, loop, callbacks, measured, stop)
+    return Plan(loss_fn, batches(task.tokenizer, forget, normal, config,
+                                 reference),
+                loop={'optimizer': 'adamw', 'betas': (0.9, 0.999)},
+                desc='LLM unlearning', measure=measure, stop=stop,
+                every_step=True)

@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..data import full_batches, used_width
-from ..metrics import token_kl
-from ..roles import vocab_logprobs
-from ..train import TrainConfig, train
+from ..core import WorkbenchError
+from ..core.data import full_batches, used_width
+from ..core.scoring import token_kl, vocab_logprobs
+from .base import Plan
+
+NAME = 'loo'
+TITLE = ('leave-one-out ensemble (Liu and Kalinli; lines need '
+         '"partition")')
+ORDER = 50
+NEEDS = ('roles', 'teachers', 'partitions')
+HELPERS = ()  # the teachers, named by the task
 
 ENSEMBLES = ('leave-one-out', 'full')
 
@@ -104,33 +110,25 @@ def soft_labels(roles, teachers, forget, partitions, ensemble, rows=2):
     return torch.cat(parts)
 
 
-def unlearn(roles, student, teachers, forget, partitions, config,
-            callbacks=(), evaluate=None, should_stop=None, progress=True,
-            name='unlearned', guard_bound=float('inf')):
-    """Copy role `student` to role `name` and distil it on `forget`
-    (tokenised) towards the teachers' ensemble; return the TrainResult.
-
-    `partitions[b]` is the index in `teachers` of the teacher that saw row
-    b. With `config.ensemble='full'` every teacher is kept (the baseline
-    that leaks).
-    """
+def plan(task, model, config):
+    """Distil `model` (a copy of the student) on the forget set towards the
+    teachers' ensemble: `task.partitions[b]` is the index in
+    `task.teachers` of the teacher that saw row b. With
+    `config.ensemble='full'` every teacher is kept (the baseline that
+    leaks)."""
+    forget, partitions, teachers = task.forget, task.partitions, task.teachers
     if len(partitions) != forget['input_ids'].shape[0]:
         raise WorkbenchError('give one partition per forget sequence')
     if any(not 0 <= j < len(teachers) for j in partitions):
         raise WorkbenchError(f'a partition index is outside the '
                              f'{len(teachers)} teachers')
-    targets = soft_labels(roles, teachers, forget, partitions,
+    targets = soft_labels(task.roles, teachers, forget, partitions,
                           config.ensemble)
-    model = roles.copy(student, name)
     # every step is the whole forget set, in micro-batches weighed by their
     # share of its tokens: the gradient of the KL averaged over all of them
     batches, accum = full_batches(
         {'input_ids': forget['input_ids'],
          'attention_mask': forget['attention_mask'],
          'target_logprobs': targets}, config.micro_batch)
-    loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adam',
-                       grad_accum=accum, seed=config.seed,
-                       desc=f'{config.ensemble} distillation',
-                       guard_bound=guard_bound, progress=progress)
-    return train(model, loo_loss, batches, loop, callbacks, evaluate,
-                 should_stop)
+    return Plan(loo_loss, batches, accum, loop={'optimizer': 'adam'},
+                desc=f'{config.ensemble} distillation')

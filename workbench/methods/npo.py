@@ -16,16 +16,19 @@ loss is bounded below and the model does not collapse as fast as under
 plain ascent (as beta -> 0, NPO becomes gradient ascent). NPO+RT adds the
 retain set's NLL, as `graddiff` does.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch.nn.functional as F
 
-from .. import WorkbenchError
-from ..metrics import token_stats
-from ..models import reference
-from ..train import token_logprobs, token_nll
-from . import ga
-from .graddiff import GradDiffConfig, run
+from ..core import WorkbenchError
+from ..core.scoring import token_logprobs, token_nll, token_stats
+from .graddiff import GradDiffConfig, paired_plan
+
+NAME = 'npo'
+TITLE = 'negative preference optimisation + retain NLL (Zhang et al.)'
+ORDER = 40
+NEEDS = ('retain',)
+HELPERS = ()
 
 
 @dataclass
@@ -43,20 +46,12 @@ class NPOConfig(GradDiffConfig):
 
 
 Config = NPOConfig
-check_learned = ga.check_learned
 
 
 def sequence_logprob(model, batch):
     """log p(y): the sum of a sequence's token log-probabilities."""
     logp, mask = token_logprobs(model, batch)
     return (logp * mask).sum(1)
-
-
-def reference_logprobs(model, tokens):
-    """log p_ref(y) of every row, under the original model (the adapter
-    disabled, or the kept copy)."""
-    with reference(model) as ref:
-        return sequence_logprobs(ref, tokens)
 
 
 def sequence_logprobs(model, tokens):
@@ -80,18 +75,14 @@ def npo_loss(model, batch, beta=0.1, forget_weight=1.0,
                   'retain_nll': retain.item()}
 
 
-def unlearn(model, forget, config, retain_tokens=None, callbacks=(),
-            evaluate=None, should_stop=None, guard_bound=float('inf'),
-            progress=True, reference_logprob=None):
-    """NPO (+RT when `retain_weight` > 0) on `forget`; returns the
-    TrainResult. `reference_logprob` (log p_ref of each forget row) is
-    taken from `model`'s reference when not given."""
-    if reference_logprob is None:
-        reference_logprob = reference_logprobs(model, forget)
-    forget = dict(forget, reference_logprob=reference_logprob)
+def plan(task, model, config):
+    """NPO (+RT when `retain_weight` > 0): log p_ref of each forget row is
+    taken once, from the original model (`task.reference`)."""
+    with task.original_model(model) as ref:
+        reference_logprob = sequence_logprobs(ref, task.forget)
+    forget = dict(task.forget, reference_logprob=reference_logprob)
 
     def loss_fn(m, batch):
         return npo_loss(m, batch, config.beta, config.forget_weight,
                         config.retain_weight)
-    return run(model, loss_fn, forget, retain_tokens, config, callbacks,
-               evaluate, should_stop, guard_bound, progress, 'NPO')
+    return paired_plan(replace(task, forget=forget), config, loss_fn, 'NPO')

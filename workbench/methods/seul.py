@@ -15,9 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..train import token_logprobs, token_nll
+from ..core import WorkbenchError
+from ..core.scoring import token_logprobs, token_nll, token_stats
 from . import ga
+
+NAME = 'seul'
+TITLE = 'gradient ascent on sensitive spans only (Wang et al.)'
+ORDER = 20
+NEEDS = ()
+HELPERS = ()
 
 
 @dataclass
@@ -63,7 +69,6 @@ class SeULConfig:
 
 
 Config = SeULConfig
-check_learned = ga.check_learned
 
 
 def select_tokens(logprob, mask, quantile=0.3, threshold=0.0, merge_gap=1):
@@ -137,7 +142,6 @@ def original_selection(model, forget, config, stats=None):
     """The spans the model selects before unlearning: (B, T) bool, aligned
     with `forget['input_ids']` (position 0 never selected). `stats`: the
     texts' `token_stats` under `model`, if already computed."""
-    from ..metrics import token_stats
     s = stats or token_stats(model, forget['input_ids'],
                              forget['attention_mask'])
     sel = select_tokens(s['logprob'], s['mask'], config.quantile,
@@ -145,24 +149,19 @@ def original_selection(model, forget, config, stats=None):
     return torch.nn.functional.pad(sel, (1, 0))
 
 
-def unlearn(model, forget, config, span_mask=None, callbacks=(),
-            evaluate=None, should_stop=None, guard_bound=float('inf'),
-            progress=True):
-    """Run SeUL on `forget` (tokenised); return a TrainResult.
-
-    `span_mask` (B, T) is required with `spans='annotated'` (the annotated
-    tokens); online selection computes its own.
-    """
+def plan(task, model, config):
+    """SeUL on the forget set: on the annotated spans (`task.span_mask`,
+    with `spans='annotated'`), on those the original model selects, or on
+    those the current model selects at every step."""
+    forget = task.forget
     if config.spans == 'annotated':
-        if span_mask is None:
+        if task.span_mask is None:
             raise WorkbenchError("spans='annotated' needs the annotated span "
-                                 "mask")
-        forget, loss = {**forget, 'target_mask': span_mask}, seul_loss
+                                 "mask (the task's span_mask)")
+        forget, loss = {**forget, 'target_mask': task.span_mask}, seul_loss
     elif config.selector == 'original':
         mask = original_selection(model, forget, config)
         forget, loss = {**forget, 'target_mask': mask}, seul_loss
     else:
         loss = current_selection_loss(config)
-    return ga.unlearn(model, forget, config, callbacks, evaluate,
-                      should_stop, guard_bound, progress, loss_fn=loss,
-                      desc='SeUL')
+    return ga.ascent_plan(forget, config, loss, 'SeUL')

@@ -37,8 +37,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import WorkbenchError
-from ..train import TrainConfig, train
+from ..core import WorkbenchError
+from .base import Plan
+
+NAME = 'whp'
+TITLE = ("fine-tuning on generic labels (Eldan and Russinovich; needs "
+         "--anchors)")
+ORDER = 80
+NEEDS = ('tokenizer',)
+HELPERS = ()  # the reinforced role, where the task brings no labels
 
 
 @dataclass
@@ -238,11 +245,22 @@ def collate(items, pad_id):
     return b
 
 
-def unlearn(model, items, config, pad_id, callbacks=(), evaluate=None,
-            eval_every=5, progress=True, should_stop=None,
-            guard_bound=float('inf')):
-    """Fine-tune `model` on generic labels (`items` from
-    `labels_from`); returns the TrainResult."""
+def plan(task, model, config):
+    """Fine-tune `model` on the generic labels of the target texts: those
+    of `task.labelled`, or made here from the original and its
+    `reinforced` role for `config.alpha`."""
+    items = task.labelled
+    if items is None:
+        if task.roles is None or 'reinforced' not in task.roles.names:
+            raise WorkbenchError('whp needs labelled items, or the roles '
+                                 'original and reinforced to make them')
+        pieces = generic_pieces(task.roles, task.original, 'reinforced',
+                                task.forget_texts, task.anchors)
+        excluded = (anchor_starts(task.tokenizer, task.anchors)
+                    if config.exclude_anchored else ())
+        items = [labels_from(*piece, config.alpha, excluded)
+                 for piece in pieces]
+    pad_id = task.tokenizer.pad_token_id
     gen = torch.Generator().manual_seed(config.seed)
 
     def batches():
@@ -252,9 +270,5 @@ def unlearn(model, items, config, pad_id, callbacks=(), evaluate=None,
                 yield collate([items[k] for k in
                                order[i:i + config.batch_size]], pad_id)
 
-    loop = TrainConfig(lr=config.lr, steps=config.steps, optimizer='adamw',
-                       betas=(0.9, 0.999), eval_every=eval_every,
-                       seed=config.seed, desc='WHP fine-tuning',
-                       guard_bound=guard_bound, progress=progress)
-    return train(model, whp_loss, batches(), loop, callbacks, evaluate,
-                 should_stop)
+    return Plan(whp_loss, batches(), desc='WHP fine-tuning',
+                loop={'optimizer': 'adamw', 'betas': (0.9, 0.999)})

@@ -11,7 +11,8 @@ import random
 import numpy as np
 import torch
 
-from .likelihood import cache_of, continuation_logprobs, with_cache
+from ..core.fast.kv import cache_of, with_cache
+from ..core.scoring import continuation_logprobs
 
 
 def candidates(secret, n, seed=0):

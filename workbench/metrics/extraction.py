@@ -14,9 +14,8 @@ Two facts make it fast and still exact:
 """
 import torch
 
-from .. import measuring
-from .likelihood import (_device, cache_of, rows_cache, token_stats,
-                         with_cache)
+from ..core.fast.kv import continue_rows
+from ..core.scoring import greedy_continue, memorization_accuracy, token_stats
 
 
 def _rows(input_ids, attention_mask):
@@ -24,145 +23,6 @@ def _rows(input_ids, attention_mask):
     if attention_mask is None:
         return [r.tolist() for r in input_ids]
     return [r[m.bool()].tolist() for r, m in zip(input_ids, attention_mask)]
-
-
-def memorization_accuracy(model, input_ids, attention_mask=None,
-                          target_mask=None, stats=None):
-    """MA per sequence: mean over t of 1[argmax p(.|x_<t) = x_t], (B,).
-
-    One teacher-forced forward pass (none when `stats` from `token_stats`
-    are given). `target_mask` (B, T) optionally restricts the positions t
-    that count (S-MA uses the sensitive spans).
-    """
-    s = stats or token_stats(model, input_ids, attention_mask)
-    m = s['mask']
-    if target_mask is not None:
-        m = m & target_mask[:, 1:].bool()
-    return (s['hit'] & m).sum(1) / m.sum(1).clamp(min=1)
-
-
-@measuring
-@torch.no_grad()
-def greedy_continue(model, prefixes, lengths, pad_id=0, batch_size=32,
-                    stop=None):
-    """Greedy continuation of each prefix for exactly `lengths[i]` tokens;
-    with `stop`, a function of the (B, t) tokens generated so far that
-    says which rows are done ((B,) bools), a row ends where it is done.
-
-    Left-padded batches with the KV cache; sequences of similar length are
-    batched together. A batch ends when all of its rows are done.
-    """
-    device = _device(model)
-    out = [None] * len(prefixes)
-    order = sorted(range(len(prefixes)),
-                   key=lambda i: (-lengths[i], -len(prefixes[i])))
-    for c in range(0, len(order), batch_size):
-        chunk = order[c:c + batch_size]
-        width = max(len(prefixes[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, i in enumerate(chunk):
-            ids[j, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
-            mask[j, width - len(prefixes[i]):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        # logits of the last position only: the full (B, T, V) tensor of a
-        # 49k vocabulary would dominate memory
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                    use_cache=True, logits_to_keep=1)
-        tokens = [res.logits[:, -1].argmax(-1)]
-        ends = [lengths[i] for i in chunk]  # tokens kept of each row
-        while True:
-            t = len(tokens)
-            if stop is not None:
-                done = stop(torch.stack(tokens, dim=1).cpu()).tolist()
-                ends = [min(e, t) if d else e for e, d in zip(ends, done)]
-            if all(e <= t for e in ends):
-                break
-            mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
-            pos = pos[:, -1:] + 1
-            res = model(input_ids=tokens[-1][:, None], attention_mask=mask,
-                        position_ids=pos, use_cache=True,
-                        **with_cache(model, cache_of(res)))
-            tokens.append(res.logits[:, -1].argmax(-1))
-        gen = torch.stack(tokens, dim=1).cpu()
-        for j, i in enumerate(chunk):
-            out[i] = gen[j, :ends[j]].tolist()
-    return out
-
-
-@measuring
-@torch.no_grad()
-def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
-                  max_tokens=12288):
-    """Greedy continuations of prefixes of the given rows, (jobs,) lists.
-
-    A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1; rows
-    right-padded, as `data.tokenize` pads them). The rows' keys and values
-    come from one forward pass; each job copies its row's cache, masks the
-    positions m-1 onwards, feeds x_{m-1} at position m-1 (its output is the
-    first token) and decodes greedily. Keys and values before m depend on
-    x_<m only, so this is the continuation of x_<m, without encoding the
-    prefix again for every job. Jobs leave the batch as they finish; a
-    batch holds at most `batch_size` jobs and about `max_tokens` cached
-    positions (the cache is the memory that grows; the default holds the
-    EL_10 jobs of 8 people at stride 10 in one batch, where a second batch
-    would decode its few short jobs at almost the cost of a full one).
-    """
-    device = _device(model)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    out = [None] * len(jobs)
-    rows = sorted({b for b, _, _ in jobs})
-    per_pass = max(1, max_tokens // max(1, input_ids.shape[1]))
-    for g in range(0, len(rows), per_pass):
-        group = rows[g:g + per_pass]
-        where = {b: i for i, b in enumerate(group)}
-        width = int(attention_mask[group].sum(1).max())
-        ids = input_ids[group, :width].to(device)
-        am = attention_mask[group, :width].to(device)
-        cache = cache_of(model(input_ids=ids, attention_mask=am,
-                               use_cache=True, logits_to_keep=1))
-        mine = sorted((j for j, (b, _, _) in enumerate(jobs) if b in where),
-                      key=lambda j: -jobs[j][2])
-        longest = max((jobs[j][2] for j in mine), default=0)
-        size = max(1, min(batch_size, max_tokens // (width + longest)))
-        for c in range(0, len(mine), size):
-            chunk = mine[c:c + size]
-            idx = torch.tensor([where[jobs[j][0]] for j in chunk],
-                               device=device)
-            m = torch.tensor([jobs[j][1] for j in chunk], device=device)
-            # one copy of its row's cache per job, each appending its own
-            # tokens, with room for the longest continuation of the chunk
-            past = None if cache is None else rows_cache(
-                cache, idx, max(jobs[j][2] for j in chunk))
-            mask = (torch.arange(width, device=device)[None]
-                    < (m - 1)[:, None]).long()
-            token = ids[idx, m - 1]
-            pos = (m - 1)[:, None]
-            left = torch.tensor([jobs[j][2] for j in chunk], device=device)
-            live = list(chunk)  # jobs still decoding, longest first
-            tokens = {j: [] for j in chunk}
-            while live:
-                mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
-                res = model(input_ids=token[:, None], attention_mask=mask,
-                            position_ids=pos, use_cache=True,
-                            **with_cache(model, past))
-                past = cache_of(res)
-                token = res.logits[:, -1].argmax(-1)
-                for k, t in enumerate(token.tolist()):
-                    tokens[live[k]].append(t)
-                pos, left = pos + 1, left - 1
-                keep = (left > 0).nonzero()[:, 0]
-                if len(keep) < len(live):  # finished jobs leave the batch
-                    live = [live[k] for k in keep.tolist()]
-                    mask, pos, left = mask[keep], pos[keep], left[keep]
-                    token = token[keep]
-                    if past is not None and live:
-                        past.batch_select_indices(keep)
-            for j in chunk:
-                out[j] = tokens[j]
-    return out
 
 
 def ngrams(tokens, n):

@@ -14,7 +14,7 @@ with weight 1 - p, and fairlearn and scikit-learn weigh them exactly.
 """
 import numpy as np
 
-from .. import WorkbenchError
+from ..core import WorkbenchError
 
 
 def _expanded(y, pred, groups):

@@ -13,37 +13,8 @@
 import numpy as np
 import torch
 
-from ..data import QA_TEMPLATE
-from .extraction import greedy_continue
-from .likelihood import continuation_logprobs
-
-
-def prompt_of(question):
-    """The prompt part of the Q&A template, up to 'Answer:'."""
-    return QA_TEMPLATE.format(question=question, answer='').rstrip()
-
-
-def qa_batch(tokenizer, questions, answers):
-    """Token ids of prompt + ' ' + answer, and a mask of the answer tokens.
-
-    Prompt and answer are tokenised apart and joined, so the boundary is
-    exact.
-    """
-    rows, targets = [], []
-    for q, a in zip(questions, answers):
-        p = tokenizer(prompt_of(q))['input_ids']
-        t = tokenizer(' ' + a)['input_ids']
-        rows.append(p + t)
-        targets.append([0] * len(p) + [1] * len(t))
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    target = torch.zeros_like(mask)
-    for i, (r, t) in enumerate(zip(rows, targets)):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-        target[i, :len(t)] = torch.tensor(t)
-    return {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
+from ..core.data import prompt_of, qa_batch  # noqa: F401 (qa_batch: the metrics read it here)
+from ..core.scoring import continuation_logprobs, greedy_continue
 
 
 def answer_logprobs(model, tokenizer, questions, answers):

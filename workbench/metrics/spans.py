@@ -8,8 +8,9 @@ token (" May" for "May 24, 1960") includes that token.
 """
 import torch
 
-from .extraction import continue_rows, memorization_accuracy, overlap
-from .likelihood import token_stats
+from ..core.fast.kv import continue_rows
+from ..core.scoring import memorization_accuracy, token_stats
+from .extraction import overlap
 
 
 def span_mask(tokenizer, texts, spans, width):

@@ -6,7 +6,7 @@ notebook runs the same under papermill, Binder and Colab.
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # workbench/
 REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = REPO_DIR / 'data'
 NOTEBOOK_DIR = REPO_DIR / 'notebooks'

@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import data, metrics
-from .methods import kga
-from .profiles import get_profile
-from .roles import Roles, vocab_logprobs
+from ..core import data
+
+from .. import metrics
+from .. import methods
+from ..methods import kga
+from ..core.profiles import get_profile
+from ..core.roles import Roles
+from ..core.scoring import vocab_logprobs
 
 # per profile: people in D_f, D_r, D_n and the test set; epochs of A_D and
 # A_Dr, and of A_f and A_n. A_f and A_n are models trained on a small data
@@ -145,9 +149,11 @@ def unlearn(setup, config, callbacks=(), progress=True, name='A_star'):
     """KGA from A_D with `config` (a `kga.KGAConfig`); returns the
     TrainResult (role `name` holds the unlearned model)."""
     t = setup.tokens
-    return kga.unlearn(setup.roles, 'A_D', 'A_f', 'A_n', t['forget'],
-                       t['retain'], t['new'], config, callbacks,
+    task = methods.Task(forget=t['forget'], retain=t['retain'], new=t['new'],
+                        roles=setup.roles, original='A_D')
+    model = setup.roles.copy('A_D', name)
+    return methods.run(kga, model, task, config, callbacks=callbacks,
                        evaluate_forget=lambda m, logp, mask: quick(
                            setup, m, forget=(logp, mask),
                            test_people=LIVE_TEST_PEOPLE),
-                       progress=progress, name=name)
+                       progress=progress)

@@ -16,6 +16,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 from IPython.display import display
 from plotly.subplots import make_subplots
+from .scoring import greedy_continue
 
 
 def is_headless():
@@ -260,8 +261,6 @@ def show_completions(model, tokenizer, texts, prefix_tokens=8,
                      new_tokens=20):
     """What the model says after the first words of each text (greedy)."""
     import pandas as pd
-
-    from .metrics import greedy_continue
     prefixes = [tokenizer(t)['input_ids'][:prefix_tokens] for t in texts]
     gens = greedy_continue(model, prefixes, [new_tokens] * len(texts),
                            tokenizer.pad_token_id)

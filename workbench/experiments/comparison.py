@@ -21,21 +21,27 @@ on the forget people), each trained the first time a method that needs it
 runs.
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import torch
 
-from . import WorkbenchError, data, metrics
-from .methods import ga, graddiff, kga, llmu, loo, npo, seul, whp
-from .metrics.qa import generate_answers, qa_batch
-from .profiles import get_profile
-from .roles import Roles
+from ..core import WorkbenchError, data
 
-METHODS = ('ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu', 'whp')
-LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
-          'graddiff': 'GradDiff', 'npo': 'NPO', 'loo': 'leave-one-out (02)',
-          'kga': 'KGA (04)', 'llmu': 'LLMU (05)', 'whp': "WHP (06)"}
+from .. import metrics
+from .. import methods
+from ..metrics.qa import generate_answers, qa_batch
+from ..core.profiles import get_profile
+from ..core.roles import Roles
+
+METHODS = tuple(methods.REGISTRY)  # every registered LM method
+_LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
+           'graddiff': 'GradDiff', 'npo': 'NPO', 'loo': 'leave-one-out (02)',
+           'kga': 'KGA (04)', 'llmu': 'LLMU (05)', 'whp': "WHP (06)"}
+LABELS = {m: _LABELS.get(m, m) for m in METHODS}
+# what the comparison sets beyond the budget: SeUL on the personal details
+# (the annotated spans), LLMU with 2 random answers per update
+SETTINGS = {'seul': {'spans': 'annotated'}, 'llmu': {'random_answers': 2}}
 ANSWER_TOKENS = 24  # greedy answer length (the answers have 10-20 tokens)
 # people per split (4 Q&A pairs each); `utility_qa` retain pairs and
 # `world` world_facts questions measure utility
@@ -240,69 +246,42 @@ def forgotten(setup, m):
     return None
 
 
+def task(setup):
+    """The one task every method unlearns: the forget people's Q&A pairs
+    (their answers), with everything a method may lean on."""
+    t = setup.tokens
+    return methods.Task(
+        forget=t['forget'], retain=t['retain'], tokenizer=setup.tokenizer,
+        roles=setup.roles, original='original',
+        forget_pairs=setup.qa['forget'], retain_pairs=setup.qa['retain'],
+        new=t['new'], span_mask=setup.span_mask,
+        partitions=setup.partitions, teachers=setup.teachers,
+        forget_texts=setup.texts['forget'], anchors=setup.anchors)
+
+
+def config_of(method, budget, micro_batch):
+    """`method`'s config under the budget: its learning rate, updates and
+    seed (and the profile's micro-batch, where it has one), the rest its
+    defaults but for `SETTINGS`."""
+    Config = methods.get(method).Config
+    given = {'lr': budget.lr, 'steps': budget.steps, 'seed': budget.seed,
+             'micro_batch': micro_batch, **SETTINGS.get(method, {})}
+    names = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in given.items() if k in names})
+
+
 def unlearn(setup, method, budget, callbacks=(), progress=True):
     """Run one method from a copy of `original` into the role named after
     it, with the budget's updates and learning rate; return the
     TrainResult."""
-    roles, tok = setup.roles, setup.tokenizer
-    forget, retain = setup.tokens['forget'], setup.tokens['retain']
     helper_roles(setup, method)
-    common = dict(callbacks=callbacks, evaluate=partial(step_metrics, setup),
-                  should_stop=partial(forgotten, setup),
-                  guard_bound=setup.guard_bound, progress=progress)
-    lr, steps, seed = budget.lr, budget.steps, budget.seed
-    micro = roles.profile.micro_batch
-    if method in ('ga', 'seul', 'graddiff', 'npo'):
-        model = roles.copy('original', method)
-        if method == 'ga':
-            return ga.unlearn(model, forget, ga.GAConfig(
-                lr=lr, steps=steps, seed=seed, micro_batch=micro), **common)
-        if method == 'seul':
-            return seul.unlearn(model, forget, seul.SeULConfig(
-                lr=lr, steps=steps, seed=seed, spans='annotated',
-                micro_batch=micro),
-                span_mask=setup.span_mask, **common)
-        if method == 'graddiff':
-            return graddiff.unlearn(model, forget, graddiff.GradDiffConfig(
-                lr=lr, steps=steps, seed=seed, micro_batch=micro),
-                retain_tokens=retain,
-                **common)
-        with roles.active('original') as m:
-            ref = npo.sequence_logprobs(m, forget)
-        return npo.unlearn(model, forget, npo.NPOConfig(
-            lr=lr, steps=steps, seed=seed, micro_batch=micro),
-            retain_tokens=retain,
-            reference_logprob=ref, **common)
-    if method == 'loo':
-        return loo.unlearn(roles, 'original', setup.teachers, forget,
-                           setup.partitions, loo.LOOConfig(
-                               lr=lr, steps=steps, seed=seed,
-                               micro_batch=micro),
-                           name='loo', **common)
-    if method == 'kga':
-        return kga.unlearn(roles, 'original', 'A_f', 'A_n', forget, retain,
-                           setup.tokens['new'], kga.KGAConfig(
-                               lr=lr, steps=steps, seed=seed),
-                           name='kga', **common)
-    if method == 'llmu':
-        model = roles.copy('original', 'llmu')
-        return llmu.unlearn(
-            model, tok, setup.qa['forget'], setup.qa['retain'],
-            llmu.LLMUConfig(lr=lr, steps=steps, seed=seed,
-                            random_answers=2),
-            lambda b: roles.logprobs('original', b), eval_every=1,
-            guard_key='retain/perplexity', **common)
-    if method == 'whp':
-        pieces = whp.generic_pieces(roles, 'original', 'reinforced',
-                                    setup.texts['forget'], setup.anchors)
-        excluded = whp.anchor_starts(tok, setup.anchors)
-        items = [whp.labels_from(*piece, 2.0, excluded) for piece in pieces]
-        model = roles.copy('original', 'whp')
-        return whp.unlearn(model, items, whp.WHPConfig(
-            lr=lr, steps=steps, seed=seed), tok.pad_token_id, eval_every=1,
-            **common)
-    raise WorkbenchError(f'unknown method {method!r}; choose one of '
-                         f'{", ".join(METHODS)}')
+    config = config_of(method, budget, setup.roles.profile.micro_batch)
+    model = setup.roles.copy('original', method)
+    return methods.run(method, model, task(setup), config,
+                       callbacks=callbacks,
+                       evaluate=partial(step_metrics, setup),
+                       should_stop=partial(forgotten, setup),
+                       guard_bound=setup.guard_bound, progress=progress)
 
 
 def answer_metrics(model, batch):

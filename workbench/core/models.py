@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import WorkbenchError
+from .fast import heap
 from .paths import REPO_DIR, cache_dir, cache_lock
 
 GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -139,7 +140,7 @@ def _convert_smollm2(pkg):
               '(once, about half a minute)...', flush=True)
         # in a child process: de-quantising takes about 1.2 GB, and what
         # the allocator keeps of it would stay in this process for good
-        code, last = in_child('workbench.models', '_convert_smollm2_unlocked',
+        code, last = in_child('workbench.core.models', '_convert_smollm2_unlocked',
                               str(pkg), str(out))
         if code or not (out / 'model.safetensors').exists():
             raise WorkbenchError(
@@ -231,6 +232,7 @@ def load_causal_lm(name, profile=None, weights=None):
     replaces the resolved weights.
     """
     from transformers import AutoModelForCausalLM
+    heap.configure()  # the allocator's settings, before the weights land
     if profile is not None:
         check_gpu_memory(profile)
     dtype = getattr(torch, profile.dtype) if profile else torch.float32
@@ -250,6 +252,7 @@ def load_causal_lm(name, profile=None, weights=None):
 def load_encoder(name):
     """Load an encoder (e.g. `minilm`) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
+    heap.configure()
     path = resolve(name).path
     return (AutoModel.from_pretrained(path, use_safetensors=True).eval(),
             AutoTokenizer.from_pretrained(path))

@@ -23,9 +23,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import WorkbenchError
-from .paths import NOTEBOOK_DIR, results_dir
-from .profiles import PROFILES, get_profile
+from ..core import WorkbenchError
+from ..core.paths import NOTEBOOK_DIR, results_dir
+from ..core.profiles import PROFILES, get_profile
+from ..methods import REGISTRY
+from ..core.models import list_models
+from .unlearn import unlearn
 
 
 def find_notebook(name):
@@ -89,7 +92,6 @@ def print_record(path):
 
 
 def cmd_models(args):
-    from .models import list_models
     for r in list_models():
         print(f"{r['name']:14s} {r['kind']:10s} {r['offline']}  "
               f"(online: {r['hub']})")
@@ -114,11 +116,7 @@ def cmd_run(args):
 
 
 def cmd_unlearn(args):
-    from .unlearn import unlearn_files, unlearn_roles
-    from .unlearn import unlearn_generic
-    path = (unlearn_roles if args.method in ('loo', 'kga')
-            else unlearn_generic if args.method in ('llmu', 'whp')
-            else unlearn_files)(args)
+    path = unlearn(args)
     print_record(path)
 
 
@@ -136,21 +134,9 @@ def build_parser():
     run.add_argument('-p', '--param', nargs=2, action='append',
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
-    un.add_argument('--method', required=True,
-                    choices=['ga', 'seul', 'graddiff', 'npo', 'loo', 'kga',
-                             'llmu', 'whp'],
-                    help='ga: gradient ascent (Jang et al.); seul: on '
-                         'sensitive spans only (Wang et al.); graddiff: '
-                         'ascent on forget, descent on --retain; npo: '
-                         'negative preference optimisation + retain NLL '
-                         '(Zhang et al.); loo: '
-                         'leave-one-out ensemble (Liu and Kalinli; lines '
-                         'need "partition"); kga: knowledge gap alignment '
-                         '(Wang et al.; needs --new); llmu: gradient ascent '
-                         '+ random answers + KL (Yao et al.; lines need '
-                         '"question" and "answer", --retain the normal '
-                         'pairs); whp: generic-label fine-tuning (Eldan and '
-                         'Russinovich; needs --anchors)')
+    un.add_argument('--method', required=True, choices=list(REGISTRY),
+                    help='; '.join(f'{name}: {m.TITLE}'
+                                   for name, m in REGISTRY.items()))
     un.add_argument('--forget', required=True,
                     help='JSONL: {"text": ..., "spans": [[start, end], ...]}'
                          ' (spans for seul; annotated when missing)')

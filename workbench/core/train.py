@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import TRAINING_LIMIT, measuring, reusing_heap
-from .data import targets
-from .metrics.likelihood import (head_logprobs, known_stats, record,
-                                 recorded_forward, recording, scattered)
-from .models import decoder_and_head, load_trainable_state, trainable_state
+from .fast.heap import TRAINING_LIMIT, measuring, reusing_heap
+from .fast.recorded import known_stats, recorded_forward
+from .models import load_trainable_state, trainable_state
 
 
 @dataclass
@@ -74,55 +72,6 @@ class TrainResult:
     def last(self, key):
         """The last recorded value of `key`."""
         return self.series(key)[1][-1]
-
-
-def token_logprobs(model, batch):
-    """log p(x_t | x_<t) of every target of a batch, (B, T-1), with the
-    mask of the real targets: by the attention mask (and `target_mask` when
-    the batch has one), never by token id, so a genuine EOS inside a text
-    still counts. Positions outside the mask hold 0.
-
-    With the output head frozen (LoRA), the decoder runs over the batch and
-    the head over the masked positions only, a chunk at a time
-    (`metrics.likelihood.head_logprobs`): no (B, T, V) logits, their
-    log-softmax or their gradient are held, which were the largest
-    tensors of a training step, and the gradient is the same to rounding.
-    Inside `recorded_forward` every real position is scored, and recorded.
-    """
-    ids, am = batch['input_ids'], batch['attention_mask']
-    device = next(model.parameters()).device
-    ids, am = ids.to(device), am.to(device)
-    mask = targets({**batch, 'attention_mask': am})
-    parts = decoder_and_head(model)
-    if parts is None or any(q.requires_grad for q in parts[1].parameters()):
-        logits = model(input_ids=ids, attention_mask=am).logits
-        # every position against the next token (the last against none), so
-        # the logits go in as they are, not as a copy of all but the last
-        target = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
-        logp = -torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), target.flatten(),
-            reduction='none').view(ids.shape)[:, :-1]
-        return logp * mask, mask
-    decoder, head = parts
-    hidden = decoder(input_ids=ids,
-                     attention_mask=am).last_hidden_state[:, :-1]
-    recorded = recording(model)
-    real = targets({'attention_mask': am})  # every real target
-    where = real if recorded else mask
-    stats = scattered(where, *head_logprobs(hidden[where], head,
-                                            ids[:, 1:][where]))
-    logp = stats['logprob']
-    if recorded:
-        record(model, ids, am, {'logprob': logp.detach(), 'mask': real,
-                                'hit': stats['hit']})
-    return logp * mask, mask
-
-
-def token_nll(model, batch):
-    """Mean NLL over the real target tokens of a batch (see
-    `token_logprobs`)."""
-    logp, mask = token_logprobs(model, batch)
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
 
 
 @contextmanager

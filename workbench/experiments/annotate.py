@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from . import WorkbenchError
-from .metrics import greedy_continue
-from .paths import atomic_write, cache_dir
+from ..core import WorkbenchError
+from ..core.scoring import greedy_continue
+from ..core.paths import atomic_write, cache_dir
+from ..core.models import in_child, load_causal_lm
+from ..core.profiles import Profile
 
 PROMPT_VERSION = 1
 MONTHS = ('January|February|March|April|May|June|July|August|September|'
@@ -143,14 +145,13 @@ def annotate_with(texts, model_name, profile, progress=True):
     process for good."""
     if model_name in ('', 'rules') or cached(texts, model_name):
         return annotate(texts, None, None, model_name, progress=progress)
-    from .models import in_child
     job = _cache_path(texts, model_name).with_suffix('.job')
     job.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(job, json.dumps({'texts': texts, 'model': model_name,
                                   'profile': profile.as_dict(),
                                   'progress': progress}))
     try:
-        code, last = in_child('workbench.annotate', '_annotate_job',
+        code, last = in_child('workbench.experiments.annotate', '_annotate_job',
                               str(job), relay=progress)
     finally:
         job.unlink(missing_ok=True)
@@ -162,8 +163,6 @@ def annotate_with(texts, model_name, profile, progress=True):
 
 def _annotate_job(path):
     """What `annotate_with`'s child process runs."""
-    from .models import load_causal_lm
-    from .profiles import Profile
     job = json.loads(Path(path).read_text())
     model, tok = load_causal_lm(job['model'], Profile(**job['profile']))
     annotate(job['texts'], model, tok, job['model'],

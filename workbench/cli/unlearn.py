@@ -5,14 +5,20 @@ from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 
-from . import WorkbenchError, data, experiment, models
-from .methods import METHODS, RETAIN_METHODS
-from . import metrics
-from .metrics import memorization_accuracy
-from .metrics.qa import generate_answers, qa_batch
-from .paths import results_dir
-from .profiles import get_profile
-from .record import Record
+from ..core import WorkbenchError, data, models
+
+from ..core.roles import Roles
+from ..experiments import kga as kga_experiment
+from ..experiments import llm_unlearning, people, whos_harry_potter
+from ..experiments.annotate import annotate_with
+from ..methods import kga, llmu, loo, whp
+from .. import methods
+from .. import metrics
+from ..metrics import memorization_accuracy
+from ..metrics.qa import generate_answers, qa_batch
+from ..core.paths import results_dir
+from ..core.profiles import get_profile
+from ..core.record import Record
 
 
 def _context_limit(model_name, profile):
@@ -32,7 +38,8 @@ def unlearn_files(args):
     profile = get_profile(profile, **{k: v for k, v in overrides.items()
                                       if v is not None})
     # before anything loads (an empty file is refused when it is read)
-    if args.method in RETAIN_METHODS and not args.retain:
+    method = methods.get(args.method)
+    if 'retain' in method.NEEDS and not args.retain:
         raise WorkbenchError(f'--method {args.method} needs --retain: it '
                              f'holds the model on the retain set')
     models.check_gpu_memory(profile)
@@ -45,14 +52,13 @@ def unlearn_files(args):
                                      'holdout file') \
         if args.holdout else data.people('unseen', profile.n_unseen)
     progress = not args.quiet
-    setup = experiment.setup_from_rows(profile, rows, progress=progress,
+    setup = people.setup_from_rows(profile, rows, progress=progress,
                                        do_implant=args.implant)
-    method = METHODS[args.method]
     f = setup.tokens['forget']
     forget_ma = memorization_accuracy(setup.model, f['input_ids'],
                                       f['attention_mask']).tolist()
     try:
-        learned = method.check_learned(forget_ma, setup.thresholds['MA'])
+        learned = people.learned_items(forget_ma, setup.thresholds['MA'])
     except WorkbenchError as e:
         if args.implant:
             raise WorkbenchError(
@@ -67,43 +73,41 @@ def unlearn_files(args):
         setup.rows['forget'] = [setup.rows['forget'][i] for i in learned]
         setup.tokens['forget'] = {k: v[learned] for k, v in f.items()}
     rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
-    before = experiment.measure(setup, setup.model)
+    before = people.measure(setup, setup.model)
     thresholds = dict(setup.thresholds)
     kw, evaluate = {}, None
-    if args.method in RETAIN_METHODS:
-        kw = {'retain_tokens': setup.tokens['retain']}
-    if args.method == 'seul':
+    if args.method == 'seul':  # measured on its spans (S-MA, S-EL)
         masks = _span_masks(setup, args.annotator, progress)
         n = args.span_n
-        before.update({f'forget/{k}': v for k, v in experiment.span_metrics(
+        before.update({f'forget/{k}': v for k, v in people.span_metrics(
             setup, setup.model, setup.tokens['forget'], masks['forget'],
             n).items()})
-        thresholds = experiment.span_metrics(
+        thresholds = people.span_metrics(
             setup, setup.model, setup.tokens['unseen'], masks['unseen'], n)
         kw = {'span_mask': masks['forget']}
-        evaluate = partial(experiment.span_quick_metrics, setup,
+        evaluate = partial(people.span_quick_metrics, setup,
                            mask=masks['forget'], n=n, thresholds=thresholds)
     for k, v in before.items():
         rec.before(k, v)
     for k, v in {**setup.thresholds, **thresholds}.items():
         rec.threshold(k, v)
     config = _config(method, args, profile)
-    model = experiment.trainable(setup)
+    model = people.trainable(setup)
     bound = before.get('retain/perplexity', float('inf')) * args.ppl_bound
-    result = experiment.run_until_forgotten(
+    result = people.run_until_forgotten(
         setup, model, method, config, guard_bound=bound, progress=progress,
         evaluate=evaluate, thresholds=thresholds, **kw)
     print(f'{args.method}: {result.status} after {result.steps} steps'
           + (f' ({result.message})' if result.message else ''))
-    last = experiment.final_metrics(result) or {}
-    after = experiment.measure(setup, model, known=last)
+    last = people.final_metrics(result) or {}
+    after = people.measure(setup, model, known=last)
     if args.method == 'seul':
-        after.update({f'forget/{k}': v for k, v in experiment.span_metrics(
+        after.update({f'forget/{k}': v for k, v in people.span_metrics(
             setup, model, setup.tokens['forget'], masks['forget'],
             n).items()})
     for k, v in after.items():
         rec.after(k, v)
-    rec.claim('forgotten', experiment.below_thresholds(after, thresholds)
+    rec.claim('forgotten', people.below_thresholds(after, thresholds)
               is not None, ', '.join(
                   f'{k} {after[f"forget/{k}"]:.3f} vs {v:.3f}'
                   for k, v in thresholds.items()))
@@ -125,9 +129,9 @@ def _config(method, args, profile):
               'steps': args.steps or profile.unlearn_steps,
               'batch_size': args.batch_size,
               'micro_batch': profile.micro_batch}
-    if method.__name__.endswith('seul'):
-        common.update(spans=args.spans, selector=args.selector,
-                      quantile=args.quantile)
+    # SeUL's selection, where the method has those fields
+    common.update(spans=args.spans, selector=args.selector,
+                  quantile=args.quantile)
     names = {f.name for f in fields(method.Config)}
     return method.Config(**{k: v for k, v in common.items() if k in names})
 
@@ -135,7 +139,6 @@ def _config(method, args, profile):
 def _span_masks(setup, annotator, progress):
     """Token masks of the forget and holdout spans: a line's own "spans"
     where it has them, the two-stage annotation where it has none."""
-    from .annotate import annotate_with
     masks = {}
     for split in ('forget', 'unseen'):
         rows = setup.rows[split]
@@ -188,9 +191,6 @@ def _role_metrics(roles, role, tokens):
 def unlearn_roles(args):
     """`unlearn --method loo|kga`: every model is a LoRA adapter on one
     base (`workbench.roles`), trained here (cached) from the files."""
-    from . import knowledge_gap
-    from .methods import kga, loo
-    from .roles import Roles
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
     if not args.retain:  # before anything loads
@@ -237,10 +237,12 @@ def unlearn_roles(args):
         before = _role_metrics(roles, 'student', tokens)
         config = loo.LOOConfig(lr=args.lr or 1e-3,
                                steps=args.steps or 10)
-        result = loo.unlearn(
-            roles, 'student', teachers, tokens['forget'],
-            [names.index(u) for u in users[:len(forget)]], config,
-            progress=progress)
+        task = methods.Task(
+            forget=tokens['forget'], roles=roles, original='student',
+            teachers=teachers,
+            partitions=[names.index(u) for u in users[:len(forget)]])
+        result = methods.run(loo, roles.copy('student', 'unlearned'), task,
+                             config, progress=progress)
         after = _role_metrics(roles, 'unlearned', tokens)
         secrets = [r for r in forget if 'prefix' in r and 'secret' in r]
         if secrets:
@@ -257,14 +259,16 @@ def unlearn_roles(args):
         kga_tokens = {'forget': tokens['forget'], 'retain': tokens['retain'],
                       'new': data.tokenize(tok, texts(new)),
                       'test': tokens['holdout']}
-        setup = knowledge_gap.KGASetup(roles, {}, {}, kga_tokens,
+        setup = kga_experiment.KGASetup(roles, {}, {}, kga_tokens,
                                        data.world_facts(profile.n_world))
-        before = knowledge_gap.measure(setup, 'A_D')
+        before = kga_experiment.measure(setup, 'A_D')
         config = kga.KGAConfig(lr=args.lr or 1e-3, steps=args.steps or 30)
-        result = kga.unlearn(roles, 'A_D', 'A_f', 'A_n', tokens['forget'],
-                             tokens['retain'], kga_tokens['new'], config,
-                             progress=progress)
-        after = knowledge_gap.measure(setup, 'unlearned')
+        task = methods.Task(forget=tokens['forget'], retain=tokens['retain'],
+                            new=kga_tokens['new'], roles=roles,
+                            original='A_D')
+        result = methods.run(kga, roles.copy('A_D', 'unlearned'), task,
+                             config, progress=progress)
+        after = kga_experiment.measure(setup, 'unlearned')
         rec.threshold('new_gap', result.gap)
     _report(rec, args, before, after, result, config, roles=roles.info)
     out = results_dir(args.out)
@@ -292,9 +296,6 @@ def _pairs(rows, what):
 def unlearn_llmu(args, profile, tok, limit, progress):
     """`unlearn --method llmu`: forget pairs (undesired answers), normal
     pairs (--retain) for the random answers and the KL term."""
-    from . import harmful
-    from .methods import llmu
-    from .roles import Roles
     forget = _pairs(data.read_jsonl(args.forget, tok, limit, 'forget file'),
                     'forget')
     if not args.retain:
@@ -310,7 +311,7 @@ def unlearn_llmu(args, profile, tok, limit, progress):
                   desc='original (forget + normal answers)')
     else:
         roles.add('original')
-    setup = harmful.HarmfulSetup(roles, {'tokens': 24}, forget, [], normal,
+    setup = llm_unlearning.HarmfulSetup(roles, {'tokens': 24}, forget, [], normal,
                                  normal, None,
                                  data.world_facts(profile.n_world))
 
@@ -319,7 +320,7 @@ def unlearn_llmu(args, profile, tok, limit, progress):
             out = {'forget/answer_nll': llmu.answer_loss(m, qa_batch(
                 tok, [r['question'] for r in forget],
                 [r['answer'] for r in forget])).item(),
-                'normal/perplexity': harmful.normal_perplexity(setup, m),
+                'normal/perplexity': llm_unlearning.normal_perplexity(setup, m),
                 'world_facts/accuracy': metrics.multiple_choice_accuracy(
                     m, tok, setup.world)}
         return out
@@ -328,14 +329,17 @@ def unlearn_llmu(args, profile, tok, limit, progress):
     config = llmu.LLMUConfig(lr=args.lr or 5e-4, steps=args.steps or 60,
                              random_answers=2)
     with roles.active('original') as m:
-        bound = args.ppl_bound * harmful.normal_perplexity(setup, m)
+        bound = args.ppl_bound * llm_unlearning.normal_perplexity(setup, m)
     model = roles.copy('original', 'unlearned')
-    result = llmu.unlearn(model, tok, forget, normal, config,
-                          setup.reference, progress=progress,
-                          evaluate=lambda m: {
-                              'normal/perplexity':
-                                  harmful.normal_perplexity(setup, m)},
-                          guard_bound=bound)
+    task = methods.Task(forget=None, tokenizer=tok, roles=roles,
+                        original='original', forget_pairs=forget,
+                        retain_pairs=normal)
+    result = methods.run(llmu, model, task, config, progress=progress,
+                         evaluate=lambda m: {
+                             'normal/perplexity':
+                                 llm_unlearning.normal_perplexity(setup, m)},
+                         eval_every=5, guard_key='normal/perplexity',
+                         guard_bound=bound)
     after = numbers('unlearned')
     with roles.active('unlearned') as m:
         answers = generate_answers(m, tok, [r['question'] for r in forget])
@@ -346,8 +350,6 @@ def unlearn_whp(args, profile, tok, limit, progress):
     """`unlearn --method whp`: the forget lines are the target text,
     --anchors the anchored-terms dictionary, --prompts familiarity
     prompts (optional)."""
-    from . import story
-    from .methods import whp
     paragraphs = data.read_jsonl(args.forget, tok, limit, 'forget file')
     if not args.anchors:
         raise WorkbenchError('whp needs --anchors: a JSONL of {"term": ..., '
@@ -373,13 +375,13 @@ def unlearn_whp(args, profile, tok, limit, progress):
                                  'and "generic"')
     sizes = {'chapters': 0, 'epochs': args.implant_epochs or 6,
              'reinforce': 2, 'tokens': 8}
-    setup = story.setup_from(profile, paragraphs, anchors, prompts, sizes,
+    setup = whos_harry_potter.setup_from(profile, paragraphs, anchors, prompts, sizes,
                              progress, implant=args.implant)
-    before, _ = story.measure(setup, 'baseline')
+    before, _ = whos_harry_potter.measure(setup, 'baseline')
     config = whp.WHPConfig(**{k: v for k, v in (
         ('lr', args.lr), ('steps', args.steps)) if v}, alpha=args.alpha)
-    result = story.unlearn(setup, config, progress=progress)
-    after, texts = story.measure(setup, 'unlearned')
+    result = whos_harry_potter.unlearn(setup, config, progress=progress)
+    after, texts = whos_harry_potter.measure(setup, 'unlearned')
     return before, after, result, config, {'completions_after': texts}
 
 
@@ -410,3 +412,15 @@ def _report(rec, args, before, after, result, config, **extra):
     rec.data['run'] = {'status': result.status, 'steps': result.steps,
                        'message': result.message, 'config': asdict(config),
                        **extra}
+
+
+# the methods whose inputs are more than forget (and retain) lines on one
+# model; any other registered method runs on its files through
+# `unlearn_files`
+BY_INPUTS = {'loo': unlearn_roles, 'kga': unlearn_roles,
+             'llmu': unlearn_generic, 'whp': unlearn_generic}
+
+
+def unlearn(args):
+    """Run `args.method` on the user's files; return the record's path."""
+    return BY_INPUTS.get(args.method, unlearn_files)(args)

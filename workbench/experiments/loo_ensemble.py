@@ -10,10 +10,13 @@ partition, and the oracle retrained without the canaries to forget.
 import math
 from dataclasses import dataclass, field
 
-from . import WorkbenchError, data, metrics
-from .methods import ga, loo
-from .profiles import get_profile
-from .roles import Roles
+from ..core import WorkbenchError, data
+
+from .. import metrics
+from .. import methods
+from ..methods import ga, loo
+from ..core.profiles import get_profile
+from ..core.roles import Roles
 
 # per profile: teachers (= partitions), bios per partition, the canaries
 # inserted and those to forget, training epochs, and how exposure and
@@ -227,17 +230,18 @@ def unlearn(setup, run, callbacks=(), progress=True, name=None,
                              f'{run.method!r}')
     name = name or run.method
     evaluate = evaluate or (lambda m: quick(setup, m))
+    task = methods.Task(forget=setup.tokens['forget'], roles=setup.roles,
+                        original='student', teachers=setup.teachers,
+                        partitions=setup.forget_partitions)
     if run.method == 'ga':
-        model = setup.roles.copy('student', name)
-        return name, ga.unlearn(
-            model, setup.tokens['forget'],
-            ga.GAConfig(lr=run.lr, steps=run.steps), callbacks, evaluate,
-            progress=progress)
-    config = loo.LOOConfig(lr=run.lr, steps=run.steps, ensemble=run.method)
-    return name, loo.unlearn(
-        setup.roles, 'student', setup.teachers, setup.tokens['forget'],
-        setup.forget_partitions, config, callbacks, evaluate,
-        progress=progress, name=name)
+        method, config = ga, ga.GAConfig(lr=run.lr, steps=run.steps)
+    else:
+        method, config = loo, loo.LOOConfig(lr=run.lr, steps=run.steps,
+                                            ensemble=run.method)
+    model = setup.roles.copy('student', name)
+    return name, methods.run(method, model, task, config,
+                             callbacks=callbacks, evaluate=evaluate,
+                             progress=progress)
 
 
 def retrain_teacher(setup, j, progress=True):

@@ -24,7 +24,7 @@ scales its input embeddings, say).
 """
 import torch
 
-from .metrics.likelihood import _row_key
+from .recorded import row_key
 
 MAX_BYTES = 128 * 2 ** 20  # stored hidden states; beyond, new texts run in full
 TOLERANCE = 1e-3  # largest logit difference of the probe, in float32
@@ -131,7 +131,7 @@ class FrozenTrunk:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         ids_cpu, am_cpu = input_ids.cpu(), attention_mask.cpu()
-        keys = [_row_key(i, a) for i, a in zip(ids_cpu, am_cpu)]
+        keys = [row_key(i, a) for i, a in zip(ids_cpu, am_cpu)]
         new = {}  # row key -> first row holding it, for those not stored
         for b, key in enumerate(keys):
             if key not in self.states:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import data, metrics
-from .metrics.extraction import greedy_continue
-from .methods import whp
-from .paths import DATA_DIR
-from .profiles import get_profile
-from .roles import Roles
+from ..core import data
+
+from .. import methods, metrics
+from ..metrics.extraction import greedy_continue
+from ..methods import whp
+from ..core.paths import DATA_DIR
+from ..core.profiles import get_profile
+from ..core.roles import Roles
 
 # per profile: chapters used, epochs of the baseline and of the
 # reinforcement, tokens generated per familiarity prompt
@@ -237,8 +239,11 @@ def unlearn(setup, config, callbacks=(), progress=True, name='unlearned',
     labels for `config.alpha`."""
     items = labels(setup, config.alpha, config.exclude_anchored)
     model = setup.roles.copy('baseline', name)
-    return whp.unlearn(model, items, config, setup.tokenizer.pad_token_id,
-                       callbacks, evaluate=lambda m: quick(setup, m),
+    task = methods.Task(forget=None, tokenizer=setup.tokenizer,
+                        roles=setup.roles, original='baseline',
+                        labelled=items)
+    return methods.run(whp, model, task, config, callbacks=callbacks,
+                       evaluate=lambda m: quick(setup, m),
                        eval_every=eval_every, progress=progress)
 
 

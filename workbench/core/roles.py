@@ -24,12 +24,12 @@ from contextlib import contextmanager
 import torch
 
 from . import WorkbenchError, models
-from .data import bucketed_batches, tokenize, used_width
-from .metrics import head_kl_sum, memorization_accuracy, token_kl
+from .data import bucketed_batches, tokenize
+from .fast.trunk import FrozenTrunk
 from .paths import cache_dir, cache_lock
 from .profiles import get_profile
-from .train import TrainConfig, token_nll, train
-from .trunk import FrozenTrunk
+from .scoring import logprobs, memorization_accuracy, token_nll
+from .train import TrainConfig, train
 
 VERSION = 2  # bump when the training recipe of a role changes
 
@@ -261,61 +261,10 @@ class Roles:
             tokenize(self.tokenizer, texts), p.batch_size, gen), config)
         return model
 
-    @torch.no_grad()
     def logprobs(self, name, batch, rows=4, dtype=torch.float32):
-        """log p(. | x_<t) of role `name` at every position of a batch,
-        (B, W-1, V), with the (B, W-1) mask of real targets; computed
-        `rows` at a time to bound the memory of the temporaries, and kept
-        in `dtype` (float16 halves the memory of a frozen target)."""
-        width = used_width(batch['attention_mask'])
-        batch = {k: batch[k][:, :width] for k in ('input_ids',
-                                                  'attention_mask')}
-        parts = []
+        """`scoring.logprobs` of role `name` on a batch: log p(. | x_<t)
+        at every position, (B, W-1, V), and the mask of real targets."""
         with self.active(name) as m:
-            for i in range(0, batch['input_ids'].shape[0], rows):
-                chunk = {k: v[i:i + rows] for k, v in batch.items()}
-                lp, mask = vocab_logprobs(m, chunk)
-                pad = width - 1 - lp.shape[1]
-                parts.append((torch.nn.functional.pad(lp.to(dtype),
-                                                      (0, 0, 0, pad)),
-                              torch.nn.functional.pad(mask, (0, pad))))
-        return (torch.cat([p[0] for p in parts]),
-                torch.cat([p[1] for p in parts]))
+            return logprobs(m, batch, rows, dtype)
 
 
-def vocab_logprobs(model, batch):
-    """The model's next-token log-distribution at every target position of
-    a batch, (B, W-1, V), and the mask of real targets (see
-    `train.token_logprobs` for the trimming and masking)."""
-    ids, am, mask = _trimmed(model, batch)
-    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-    return torch.log_softmax(logits, -1), mask
-
-
-def _trimmed(model, batch):
-    """A batch's ids and attention mask cut to its used width, on the
-    model's device, and the mask of its real targets."""
-    ids, am = batch['input_ids'], batch['attention_mask']
-    width = used_width(am)
-    device = next(model.parameters()).device
-    ids, am = ids[:, :width].to(device), am[:, :width].to(device)
-    return ids, am, am[:, 1:].bool() & am[:, :-1].bool()
-
-
-def vocab_kl(model, batch, target_logprobs):
-    """token_kl(target_logprobs, *vocab_logprobs(model, batch)), with its
-    gradient, without the batch's (B, W-1, V) logits at once: the decoder
-    runs over the whole batch, the output head over 128 positions at a
-    time, again in the backward pass (`head_kl_sum`). The same value and
-    gradient in the memory of those positions' logits (a 49k vocabulary
-    makes the whole batch's most of an update's memory)."""
-    parts = models.decoder_and_head(model)
-    if parts is None:
-        logp, mask = vocab_logprobs(model, batch)
-        return token_kl(target_logprobs, logp, mask)
-    decoder, head = parts
-    ids, am, mask = _trimmed(model, batch)
-    hidden = decoder(input_ids=ids,
-                     attention_mask=am).last_hidden_state[:, :-1]
-    target = target_logprobs[:, :mask.shape[1]].to(mask.device)[mask]
-    return head_kl_sum(hidden[mask], head, target) / mask.sum().clamp(min=1)

@@ -15,9 +15,9 @@ import torch
 
 from . import models
 from .data import batches, tokenize
-from .metrics import memorization_accuracy
 from .paths import cache_dir, cache_lock
-from .train import TrainConfig, token_nll, train
+from .scoring import memorization_accuracy, token_nll
+from .train import TrainConfig, train
 
 VERSION = 1  # bump when the implant recipe changes
 

@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import WorkbenchError, data, metrics
-from .metrics.qa import answer_perplexity, generate_answers, rouge_l_recall
-from .profiles import get_profile
-from .roles import Roles
+from ..core import WorkbenchError, data
+
+from .. import methods, metrics
+from ..metrics.qa import answer_perplexity, generate_answers, rouge_l_recall
+from ..core.profiles import get_profile
+from ..core.embed import sentence_embeddings
+from ..core.roles import Roles
+from ..core.models import load_encoder
 
 # per profile: undesired pairs to unlearn (the seen prompts), unseen
 # prompts measured, normal pairs, epochs of the original model, and the
@@ -53,8 +57,6 @@ class Judge:
 
     def __init__(self, encoder='minilm', progress=False):
         from sklearn.linear_model import LogisticRegression
-
-        from .models import load_encoder
         self.encoder, self.tokenizer = load_encoder(encoder)
         texts, labels = self._labelled(['train', 'val'])
         self.clf = LogisticRegression(max_iter=1000, C=10.0).fit(
@@ -75,18 +77,9 @@ class Judge:
                 labels.append(0)
         return texts, np.array(labels)
 
-    @torch.inference_mode()
-    def _embed(self, texts, batch_size=64):
-        from .sisa import mean_pool
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i:i + batch_size], return_tensors='pt',
-                                 padding=True, truncation=True,
-                                 max_length=128)
-            h = self.encoder(**enc).last_hidden_state
-            out.append(torch.nn.functional.normalize(
-                mean_pool(h, enc['attention_mask']), dim=-1))
-        return torch.cat(out).numpy()
+    def _embed(self, texts):
+        return sentence_embeddings(self.encoder, self.tokenizer,
+                                   texts).numpy()
 
     def similarity(self, a, b):
         """Cosine similarity of the sentence embeddings of each pair of
@@ -257,14 +250,15 @@ def unlearn(setup, config, callbacks=(), progress=True, name='unlearned',
     """Yao et al.'s update on a copy of the original (role `name`). The
     run stops and restores the last evaluated weights when the normal
     answers' perplexity passes `guard` times the original's (0: never)."""
-    from .methods import llmu
     bound = float('inf')
     if guard:
         with setup.roles.active('original') as m:
             bound = guard * normal_perplexity(setup, m)
     model = setup.roles.copy('original', name)
-    return llmu.unlearn(model, setup.tokenizer, setup.forget, setup.normal,
-                        config, setup.reference, callbacks,
-                        evaluate=lambda m: quick(setup, m),
-                        eval_every=eval_every, progress=progress,
-                        guard_bound=bound)
+    task = methods.Task(forget=None, tokenizer=setup.tokenizer,
+                        roles=setup.roles, original='original',
+                        forget_pairs=setup.forget, retain_pairs=setup.normal)
+    return methods.run('llmu', model, task, config, callbacks=callbacks,
+                       evaluate=lambda m: quick(setup, m),
+                       eval_every=eval_every, progress=progress,
+                       guard_key='normal/perplexity', guard_bound=bound)

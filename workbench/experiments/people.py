@@ -13,10 +13,14 @@ from pathlib import Path
 
 import torch
 
-from . import data, measuring, metrics, models
-from .implant import implant
-from .paths import atomic_write, cache_lock
-from .profiles import get_profile
+from ..core import WorkbenchError, data, models
+
+from ..core.fast.heap import measuring
+
+from .. import methods, metrics
+from ..core.implant import implant
+from ..core.paths import atomic_write, cache_lock
+from ..core.profiles import get_profile
 
 
 @dataclass
@@ -42,12 +46,12 @@ def _code_version():
     """Hash of the workbench's source: a cached measurement is redone as
     soon as any code that could change it changes."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob('*.py')):
+    for f in sorted(Path(__file__).parent.parent.rglob('*.py')):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _cached(entry, name, parts, compute):
+def cached_beside_implant(entry, name, parts, compute):
     """`compute()` (a dict of numbers), cached in `entry`/measured.json under
     a hash of `name`, `parts` (plain data) and the workbench's code."""
     blob = json.dumps([name, _code_version(), parts]).encode()
@@ -71,7 +75,7 @@ def _cached(entry, name, parts, compute):
 
 def _thresholds(model, tokens, profile, entry):
     """Forgetting thresholds, cached beside the implanted weights."""
-    return _cached(entry, 'thresholds', [
+    return cached_beside_implant(entry, 'thresholds', [
         profile.el_n, profile.el_stride, tokens['input_ids'].tolist(),
         tokens['attention_mask'].tolist()],
         lambda: metrics.forgetting_thresholds(
@@ -79,7 +83,7 @@ def _thresholds(model, tokens, profile, entry):
             profile.el_n, profile.el_stride))
 
 
-def _implanted_entry(setup, model):
+def implanted_entry(setup, model):
     """The implant's cache folder when `model` is the implanted model as it
     was loaded (no trainable model made from it yet), else None: only then
     can its measurements be cached beside its weights."""
@@ -89,7 +93,7 @@ def _implanted_entry(setup, model):
     return None
 
 
-def _setup_inputs(setup):
+def setup_inputs(setup):
     """Everything of a setup that a measurement of its model reads."""
     return [setup.profile.as_dict(), setup.world,
             {k: [v['input_ids'].tolist(), v['attention_mask'].tolist()]
@@ -204,9 +208,9 @@ def measure(setup, model, known=None, forget_stats=None):
     computed. The implanted model's own numbers (the "before" of every
     notebook) are cached beside its weights.
     """
-    entry = _implanted_entry(setup, model)
+    entry = implanted_entry(setup, model)
     if entry and not known and forget_stats is None:
-        return _cached(entry, 'measure', _setup_inputs(setup),
+        return cached_beside_implant(entry, 'measure', setup_inputs(setup),
                        lambda: _measure(setup, model))
     return _measure(setup, model, known, forget_stats)
 
@@ -243,18 +247,37 @@ def run_until_forgotten(setup, model, method, config, forget=None,
                         callbacks=(), world=0, guard_bound=float('inf'),
                         progress=True, evaluate=None, thresholds=None,
                         retain=True, **kw):
-    """Unlearn with `method.unlearn` under Jang et al.'s stopping rule,
-    measuring after every step (`evaluate`, by default `quick_metrics` with
-    `world` and `retain`) against `thresholds` (by default the setup's);
-    return the TrainResult."""
+    """Unlearn with `method` (a name of `methods.REGISTRY`, or its module)
+    under Jang et al.'s stopping rule, measuring after every step
+    (`evaluate`, by default `quick_metrics` with `world` and `retain`)
+    against `thresholds` (by default the setup's); return the TrainResult.
+    `task` fields beyond the forget and retain sets (a span mask, say) come
+    in `kw`."""
     f = forget or setup.tokens['forget']
     thresholds = thresholds or setup.thresholds
-    return method.unlearn(
-        model, f, config, callbacks=callbacks,
+    task = methods.Task(forget=f, retain=setup.tokens.get('retain'),
+                        tokenizer=setup.tokenizer, **kw)
+    return methods.run(
+        method, model, task, config, callbacks=callbacks,
         evaluate=evaluate or (lambda m: quick_metrics(setup, m, f, world,
                                                       retain=retain)),
         should_stop=lambda m: below_thresholds(m, thresholds),
-        guard_bound=guard_bound, progress=progress, **kw)
+        guard_bound=guard_bound, progress=progress)
+
+
+def learned_items(forget_ma, threshold_ma):
+    """Indices of forget items the model knows better than unseen text.
+
+    Items at or below the threshold were never learned: unlearning them
+    would only push noise. Raises when none is learned.
+    """
+    learned = [i for i, m in enumerate(forget_ma) if m > threshold_ma]
+    if not learned:
+        raise WorkbenchError(
+            f'the model never learned the forget set (every item has MA at '
+            f'or below {threshold_ma:.3f}, the level of unseen text): there '
+            f'is nothing to unlearn; implant it first (--implant)')
+    return learned
 
 
 def below_thresholds(metrics_, thresholds):
@@ -270,154 +293,3 @@ def below_thresholds(metrics_, thresholds):
     return None
 
 
-def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
-    """Did a run keep more utility than another method stopped at the
-    forgetting `level` it reached (notebook 07: SeUL against gradient
-    ascent)? `ours` and `theirs` are their final metrics, `their_status`
-    the other run's `TrainResult.status`.
-
-    Returns (holds, how): where the other run reached `level`, it holds if
-    ours kept more retain MA and no less world_facts accuracy; where the
-    divergence guard stopped the other run first, it holds, as that
-    forgetting costs the other method more than the guard allows; else
-    (the other run's step budget ran out) it does not.
-    """
-    if below_thresholds(theirs, level) is not None:
-        return (ours['retain/MA'] > theirs['retain/MA']
-                and ours['world_facts/accuracy']
-                >= theirs['world_facts/accuracy']), 'reached the level'
-    if their_status == 'diverged':
-        return True, 'met the divergence guard before the level'
-    return False, 'did not reach the level'
-
-
-def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
-                                                            'unseen'),
-                    progress=True):
-    """Two-stage offline annotation of the people bios (cached), with the
-    span masks and each split's precision and recall against the data's
-    true PII spans.
-
-    `annotator` is an instruct model's name, or 'rules' for the patterns
-    alone. Returns {'spans', 'masks', 'precision', 'recall', 'report'}.
-    """
-    from .annotate import annotate_with
-    texts = [r['text'] for s in splits for r in setup.rows[s]]
-    res = annotate_with(texts, annotator, setup.profile, progress)
-    out = {'spans': {}, 'masks': {}, 'precision': {}, 'recall': {},
-           'report': res['report']}
-    i = 0
-    for s in splits:
-        rows = setup.rows[s]
-        spans = res['spans'][i:i + len(rows)]
-        i += len(rows)
-        pr = [metrics.char_precision_recall(p, r['spans'], len(r['text']))
-              for p, r in zip(spans, rows)]
-        out['spans'][s] = spans
-        out['masks'][s] = metrics.span_mask(
-            setup.tokenizer, [r['text'] for r in rows], spans,
-            setup.tokens[s]['input_ids'].shape[1])
-        out['precision'][s] = sum(p for p, _ in pr) / len(pr)
-        out['recall'][s] = sum(r for _, r in pr) / len(pr)
-    return out
-
-
-@measuring
-def span_metrics(setup, model, tokens, mask, n=2, stats=None,
-                 el_below=None):
-    """Mean S-MA and S-EL_n of tokenised texts on the spans of `mask`
-    (before unlearning, on unseen texts: the span thresholds). With
-    `el_below`, S-EL_n (the costly one) only once S-MA is at or below it.
-    The implanted model's are cached beside its weights."""
-    entry = (_implanted_entry(setup, model)
-             if stats is None and el_below is None else None)
-    if entry:
-        return _cached(entry, 'span_metrics', [
-            _setup_inputs(setup), tokens['input_ids'].tolist(),
-            tokens['attention_mask'].tolist(), mask.tolist(), n],
-            lambda: _span_metrics(setup, model, tokens, mask, n))
-    return _span_metrics(setup, model, tokens, mask, n, stats, el_below)
-
-
-def _span_metrics(setup, model, tokens, mask, n=2, stats=None,
-                  el_below=None):
-    stats = stats or metrics.token_stats(model, tokens['input_ids'],
-                                         tokens['attention_mask'])
-    out = {'S-MA': metrics.selective_memorization_accuracy(
-        model, tokens['input_ids'], tokens['attention_mask'], mask,
-        stats=stats).mean().item()}
-    if el_below is None or out['S-MA'] <= el_below:
-        out[f'S-EL_{n}'] = metrics.selective_extraction_likelihood(
-            model, tokens['input_ids'], tokens['attention_mask'], mask, n,
-            stats).mean().item()
-    return out
-
-
-@measuring
-def span_quick_metrics(setup, model, mask, n=2, world=0, thresholds=None):
-    """Per-step numbers of span unlearning: forget S-MA and S-EL_n on the
-    spans of `mask`, forget MA, retain MA and perplexity (no full EL).
-    With the span `thresholds`, S-EL_n only once S-MA is at its threshold
-    (the stopping rule needs both), as EL waits for MA."""
-    f = setup.tokens['forget']
-    stats = metrics.token_stats(model, f['input_ids'], f['attention_mask'])
-    out = quick_metrics(setup, model, world=world, el=False,
-                        forget_stats=stats)
-    below = (thresholds or {}).get('S-MA')
-    for k, v in span_metrics(setup, model, f, mask, n, stats,
-                             below).items():
-        out[f'forget/{k}'] = v
-    return out
-
-
-def subset(tokens, idx):
-    """Rows `idx` of tokenised data (any dict of tensors)."""
-    return {k: v[idx] for k, v in tokens.items()}
-
-
-def _chunk(n, chunks, c):
-    """Rows of chunk `c` of `n` rows in `chunks` parts."""
-    return list(range(c * n // chunks, (c + 1) * n // chunks))
-
-
-def sequential_unlearning(setup, method, config, chunks, callbacks=(),
-                          guard_bound=float('inf'), progress=True,
-                          retain=True, after_chunk=None):
-    """Jang et al.'s sequential unlearning: the forget set in `chunks`
-    parts, each unlearned until it is below the thresholds (or the step
-    budget ends), one after another on the same model. Returns the model
-    and the TrainResult of each chunk.
-
-    `after_chunk(model, c, result)`, if given, runs after chunk `c`, while
-    the model is as that chunk left it. Chunk 0 holds the first rows of the
-    forget set, so it is also a run on a smaller forget set of its own.
-    """
-    n = setup.tokens['forget']['input_ids'].shape[0]
-    model, results = trainable(setup), []
-    for c in range(chunks):
-        results.append(run_until_forgotten(
-            setup, model, method, config,
-            forget=subset(setup.tokens['forget'], _chunk(n, chunks, c)),
-            callbacks=callbacks, guard_bound=guard_bound, progress=progress,
-            retain=retain))
-        if after_chunk is not None:
-            after_chunk(model, c, results[-1])
-    return model, results
-
-
-def measure_sequential(setup, model, results):
-    """`measure` after `sequential_unlearning`: the last chunk's EL_n comes
-    from its last evaluation (of this very model), so only the earlier
-    chunks' EL_n is measured again; EL_n is a mean over sequences."""
-    n = setup.tokens['forget']['input_ids'].shape[0]
-    last = final_metrics(results[-1]) or {}
-    el = f'forget/{setup.el_key}'
-    if el not in last:
-        return measure(setup, model)
-    rows = _chunk(n, len(results), len(results) - 1)
-    earlier = list(range(rows[0]))
-    mean = last[el] * len(rows)
-    if earlier:
-        mean += forget_el(setup, model, subset(setup.tokens['forget'],
-                                               earlier)) * len(earlier)
-    return measure(setup, model, known={el: mean / n})

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import WorkbenchError
-from .methods import fairsisa
-from .metrics.fairness import fairness_report
-from .sisa import SISA, FinetuneLearner, HeadLearner, SISAConfig
+from ..core import WorkbenchError
+from ..methods import fairsisa
+from ..metrics.fairness import fairness_report
+from ..methods.sisa import SISA, FinetuneLearner, HeadLearner, SISAConfig
+from ..core import data
+from ..core.models import check_gpu_memory
+from ..methods.sisa import embed, load_classifier
 
 TOPICS = ('sexual_orientation', 'religion', 'race', 'gender', 'age',
           'disability')
@@ -80,9 +83,6 @@ def setup(profile, mode=None, progress=True, rows=None):
     """Load data/toxicity (or `rows`: dicts with text, label, topic and
     split) and the shard learner for `profile`."""
     import torch
-
-    from . import data
-    from .sisa import embed, load_classifier
     rows = data.toxicity() if rows is None else list(rows)
     missing = {'text', 'label', 'topic', 'split'} - set(rows[0] if rows
                                                          else ())
@@ -99,7 +99,6 @@ def setup(profile, mode=None, progress=True, rows=None):
         learner = HeadLearner(embed(texts, profile.encoder,
                                     progress=progress), labels)
     elif mode == 'finetune':
-        from .models import check_gpu_memory
         check_gpu_memory(profile)  # before loading anything
         training = dict(FINETUNE.get(profile.name, FINETUNE['cpu']))
         # at 7B the shards are adapters on the 7B causal LM itself

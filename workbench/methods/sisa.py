@@ -29,8 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import WorkbenchError
-from .models import load_trainable_state, trainable_state
+from ..core import WorkbenchError
+from ..core.embed import mean_pool, sentence_embeddings
+from ..core.models import load_trainable_state, trainable_state
+from ..core.models import disable_dropout, load_encoder, resolve
+from ..core.paths import cache_dir
+from .fairsisa import majority_vote
 
 
 @dataclass
@@ -119,12 +123,6 @@ class HeadLearner:
         return self.module(self.features[idx])
 
 
-def mean_pool(hidden, attention_mask):
-    """Mean of the hidden states over real tokens (sentence-transformers)."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
 class PooledClassifier(torch.nn.Module):
     """A backbone's hidden states, pooled, through a linear head.
 
@@ -181,7 +179,6 @@ def load_classifier(name, lora_r=8, dtype=torch.float32,
     """A `PooledClassifier` on `name`, LoRA on every linear layer."""
     from transformers import AutoModel, AutoTokenizer
 
-    from .models import disable_dropout, resolve
     info = resolve(name)
     backbone = AutoModel.from_pretrained(info.path, use_safetensors=True,
                                          dtype=dtype)
@@ -416,7 +413,6 @@ class SISA:
     def predict(self, positions, aggregation='vote'):
         """The ensemble's label: majority vote, or the mean probability."""
         if aggregation == 'vote':
-            from .methods.fairsisa import majority_vote
             return majority_vote(self.votes(positions))
         if aggregation == 'mean':
             return (self.probas(positions).mean(1) > 0.5).astype(int)
@@ -434,10 +430,6 @@ def same_models(a, b):
 def embed(texts, name='minilm', batch_size=64, progress=True):
     """Mean-pooled, normalised sentence embeddings of the frozen encoder,
     cached on disk (keyed by the model name and the texts)."""
-    from tqdm.auto import tqdm
-
-    from .models import load_encoder
-    from .paths import cache_dir
     texts = list(texts)
     key = hashlib.sha256('\n'.join([name] + texts).encode()).hexdigest()[:16]
     path = cache_dir() / 'embeddings' / f'{name.replace("/", "--")}-{key}.pt'
@@ -449,16 +441,7 @@ def embed(texts, name='minilm', batch_size=64, progress=True):
         except Exception:  # a corrupted entry is rebuilt below
             pass
     encoder, tok = load_encoder(name)
-    out = []
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(texts), batch_size), desc='embedding',
-                      disable=not progress):
-            enc = tok(texts[i:i + batch_size], return_tensors='pt',
-                      padding=True, truncation=True, max_length=128)
-            h = encoder(**enc).last_hidden_state
-            out.append(F.normalize(mean_pool(h, enc['attention_mask']),
-                                   dim=-1))
-    features = torch.cat(out)
+    features = sentence_embeddings(encoder, tok, texts, batch_size, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     torch.save(features, tmp)

@@ -228,3 +228,41 @@ def extraction_challenge(n=32, draw=0, holdout=200):
             raise WorkbenchError('the downloaded CSV has no "text" column')
     return {'forget': [{'text': r['text']} for r in forget],
             'unseen': [{'text': r['text']} for r in unseen]}
+
+
+def prompt_of(question):
+    """The prompt part of the Q&A template, up to 'Answer:'."""
+    return QA_TEMPLATE.format(question=question, answer='').rstrip()
+
+
+def qa_batch(tokenizer, questions, answers):
+    """Token ids of prompt + ' ' + answer, and a mask of the answer tokens.
+
+    Prompt and answer are tokenised apart and joined, so the boundary is
+    exact.
+    """
+    rows, targets = [], []
+    for q, a in zip(questions, answers):
+        p = tokenizer(prompt_of(q))['input_ids']
+        t = tokenizer(' ' + a)['input_ids']
+        rows.append(p + t)
+        targets.append([0] * len(p) + [1] * len(t))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros_like(mask)
+    for i, (r, t) in enumerate(zip(rows, targets)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+        target[i, :len(t)] = torch.tensor(t)
+    return {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
+
+
+def right_padded(seqs):
+    """Token lists as a right-padded (B, T) batch (zeros) and its mask."""
+    x = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for r, seq in enumerate(seqs):
+        x[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+    return x, mask

@@ -1,0 +1,130 @@
+"""The package's layers, as its docstring states them, checked on every
+import of every module (at the top of a file or inside a function)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / 'workbench'
+# layer -> the layers it may import (besides itself)
+ALLOWED = {
+    'core': set(),
+    'methods': {'core'},
+    'metrics': {'core'},
+    'experiments': {'core', 'methods', 'metrics'},
+    'cli': {'core', 'methods', 'metrics', 'experiments'},
+    'root': {'core'},  # workbench/__init__.py
+    'main': {'cli'},  # workbench/__main__.py: `python -m workbench`
+}
+
+
+def module_name(path):
+    rel = path.relative_to(PACKAGE.parent).with_suffix('')
+    parts = list(rel.parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+
+def layer(module):
+    parts = module.split('.')
+    if len(parts) == 1:
+        return 'root'
+    return 'main' if parts[1] == '__main__' else parts[1]
+
+
+def imports(path):
+    """(imported workbench module, line, inside a function) of a file."""
+    name = module_name(path)
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    tree = ast.parse(path.read_text())
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if sub is not node:
+                    inside.add(id(sub))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module
+                                          else []))
+            else:
+                target = node.module or ''
+            if not target.startswith('workbench'):
+                continue
+            for alias in node.names:  # `from . import x` names a module
+                sub = f'{target}.{alias.name}'
+                mod = sub if (PACKAGE.parent / (sub.replace('.', '/') +
+                                                '.py')).exists() or (
+                    PACKAGE.parent / sub.replace('.', '/')).is_dir() \
+                    else target
+                out.append((mod, node.lineno, id(node) in inside))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith('workbench'):
+                    out.append((alias.name, node.lineno, id(node) in inside))
+    return out
+
+
+FILES = sorted(PACKAGE.rglob('*.py'))
+
+
+def test_every_import_follows_the_layer_rule():
+    wrong = []
+    for path in FILES:
+        me = module_name(path)
+        for target, line, _ in imports(path):
+            if target == 'workbench':
+                target = 'workbench.core'  # it holds WorkbenchError only
+            a, b = layer(me), layer(target)
+            if a != b and b not in ALLOWED[a]:
+                wrong.append(f'{me}:{line} imports {target} ({a} -> {b})')
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_no_import_of_the_package_inside_a_function():
+    """An import inside a function hides a cycle; the package's own
+    modules are imported at the top (third-party ones may wait, for
+    memory or as optional dependencies)."""
+    hidden = [f'{module_name(p)}:{line} imports {t}' for p in FILES
+              for t, line, inside in imports(p) if inside]
+    assert not hidden, '\n'.join(hidden)
+
+
+def test_no_cycle_between_modules():
+    graph = {module_name(p): {t for t, _, _ in imports(p)} for p in FILES}
+    state = {}
+
+    def visit(m, path):
+        state[m] = 'open'
+        for n in graph.get(m, ()):
+            if n == m or n not in graph:
+                continue
+            if state.get(n) == 'open':
+                raise AssertionError(' -> '.join(path + [m, n]))
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = 'done'
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+@pytest.mark.parametrize('name', ['core', 'methods', 'metrics',
+                                  'experiments', 'cli'])
+def test_each_layer_is_a_folder(name):
+    assert (PACKAGE / name / '__init__.py').exists()
+
+
+def test_the_registry_holds_every_lm_method():
+    from workbench import methods
+    assert list(methods.REGISTRY) == ['ga', 'seul', 'graddiff', 'npo',
+                                      'loo', 'kga', 'llmu', 'whp']
+    for name, m in methods.REGISTRY.items():
+        assert m.NAME == name and m.TITLE and callable(m.plan)
+        assert hasattr(m, 'Config') and isinstance(m.NEEDS, tuple)

@@ -1,0 +1,60 @@
+"""Notebook 03, Knowledge Unlearning (Jang et al., ACL 2023): gradient
+ascent until the forget set is below the forgetting thresholds, and the
+paper's sequential unlearning (the forget set in chunks, one after
+another). The set-up is the implanted people (`people`).
+"""
+from .people import (final_metrics, forget_el, measure, run_until_forgotten,
+                     trainable)
+
+
+def subset(tokens, idx):
+    """Rows `idx` of tokenised data (any dict of tensors)."""
+    return {k: v[idx] for k, v in tokens.items()}
+
+
+def _chunk(n, chunks, c):
+    """Rows of chunk `c` of `n` rows in `chunks` parts."""
+    return list(range(c * n // chunks, (c + 1) * n // chunks))
+
+
+def sequential_unlearning(setup, method, config, chunks, callbacks=(),
+                          guard_bound=float('inf'), progress=True,
+                          retain=True, after_chunk=None):
+    """Jang et al.'s sequential unlearning: the forget set in `chunks`
+    parts, each unlearned until it is below the thresholds (or the step
+    budget ends), one after another on the same model. Returns the model
+    and the TrainResult of each chunk.
+
+    `after_chunk(model, c, result)`, if given, runs after chunk `c`, while
+    the model is as that chunk left it. Chunk 0 holds the first rows of the
+    forget set, so it is also a run on a smaller forget set of its own.
+    """
+    n = setup.tokens['forget']['input_ids'].shape[0]
+    model, results = trainable(setup), []
+    for c in range(chunks):
+        results.append(run_until_forgotten(
+            setup, model, method, config,
+            forget=subset(setup.tokens['forget'], _chunk(n, chunks, c)),
+            callbacks=callbacks, guard_bound=guard_bound, progress=progress,
+            retain=retain))
+        if after_chunk is not None:
+            after_chunk(model, c, results[-1])
+    return model, results
+
+
+def measure_sequential(setup, model, results):
+    """`measure` after `sequential_unlearning`: the last chunk's EL_n comes
+    from its last evaluation (of this very model), so only the earlier
+    chunks' EL_n is measured again; EL_n is a mean over sequences."""
+    n = setup.tokens['forget']['input_ids'].shape[0]
+    last = final_metrics(results[-1]) or {}
+    el = f'forget/{setup.el_key}'
+    if el not in last:
+        return measure(setup, model)
+    rows = _chunk(n, len(results), len(results) - 1)
+    earlier = list(range(rows[0]))
+    mean = last[el] * len(rows)
+    if earlier:
+        mean += forget_el(setup, model, subset(setup.tokens['forget'],
+                                               earlier)) * len(earlier)
+    return measure(setup, model, known={el: mean / n})
