@@ -1,7 +1,6 @@
 """The comparison's two modern baselines, GradDiff and NPO, checked
 against hand computations on a tiny model."""
 import contextlib
-import copy
 import math
 
 import pytest
@@ -85,9 +84,7 @@ def test_npo_takes_a_given_reference():
     model = tiny_llama()
     keep_reference(model)
     f, r = _data(seed=1), _data(seed=2)
-    far = copy.deepcopy(model)  # the task's original: far less likely
-    with torch.no_grad():
-        far.get_output_embeddings().weight.mul_(-1)
+    far = tiny_llama(seed=1)  # the task's original: another model
     near = npo.sequence_logprobs(model, f)
     config = npo.Config(lr=1e-6, steps=1, micro_batch=4, retain_weight=0.0)
     task = methods.Task(forget=f, retain=r,
@@ -95,8 +92,8 @@ def test_npo_takes_a_given_reference():
     res = methods.run('npo', model, task, config, progress=False)
     expected = (near - npo.sequence_logprobs(far, f)).mean().item()
     step = [e for e in res.events if e['kind'] == 'step'][0]
-    assert step['log_ratio'] == pytest.approx(expected, rel=1e-3)
-    assert expected > 10
+    assert step['log_ratio'] == pytest.approx(expected, abs=1e-4)
+    assert abs(expected) > 1e-2  # not the model's own reference (0)
 
 
 @pytest.mark.parametrize('method', [graddiff, npo])

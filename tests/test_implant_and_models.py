@@ -156,6 +156,7 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
     changes, they are measured again."""
     from workbench import metrics
     from workbench.experiments import people as experiment
+    from workbench.experiments import selective_forgetting
     p = tiny_profile(tiny_model_dir, n_world=4)
     rows = {'forget': [{'text': TEXTS[0]}], 'retain': [{'text': TEXTS[1]}],
             'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
@@ -168,11 +169,11 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
                             dtype=torch.bool)
     mask[:, 3:6] = True
     first = experiment.measure(setup, setup.model)
-    spans = experiment.span_metrics(setup, setup.model,
+    spans = selective_forgetting.span_metrics(setup, setup.model,
                                     setup.tokens['forget'], mask)
     assert calls == [1]
     assert experiment.measure(setup, setup.model) == first
-    assert experiment.span_metrics(setup, setup.model,
+    assert selective_forgetting.span_metrics(setup, setup.model,
                                    setup.tokens['forget'], mask) == spans
     assert calls == [1]
     monkeypatch.setattr(experiment, '_code_version', lambda: 'edited')

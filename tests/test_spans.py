@@ -68,6 +68,7 @@ def test_s_el_equals_one_generation_per_span(tiny):
 def test_s_el_waits_for_s_ma_at_its_threshold(tiny):
     from types import SimpleNamespace
 
+    from workbench.experiments import knowledge_unlearning, selective_forgetting
     from workbench.experiments import people as experiment
     ids = torch.randint(1, 64, (2, 12))
     forget = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
@@ -75,10 +76,10 @@ def test_s_el_waits_for_s_ma_at_its_threshold(tiny):
     mask[:, 4:8] = True
     setup = SimpleNamespace(tokens={'forget': forget},
                             thresholds={'MA': 0.0})
-    out = experiment.span_quick_metrics(setup, tiny, mask, 2,
+    out = selective_forgetting.span_quick_metrics(setup, tiny, mask, 2,
                                         thresholds={'S-MA': -1.0})
     assert 'forget/S-MA' in out and 'forget/S-EL_2' not in out
-    out = experiment.span_quick_metrics(setup, tiny, mask, 2,
+    out = selective_forgetting.span_quick_metrics(setup, tiny, mask, 2,
                                         thresholds={'S-MA': 1.0})
     assert 'forget/S-EL_2' in out
 
@@ -152,6 +153,7 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
         tiny, monkeypatch):
     from types import SimpleNamespace
 
+    from workbench.experiments import knowledge_unlearning, selective_forgetting
     from workbench.experiments import people as experiment
     from workbench.core.train import TrainResult
     g = torch.Generator().manual_seed(0)
@@ -164,7 +166,7 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
     monkeypatch.setattr(experiment.metrics, 'multiple_choice_accuracy',
                         lambda *a: 0.0)
     last = experiment.quick_metrics(
-        setup, tiny, experiment.subset(tokens['forget'], [2, 3]))
+        setup, tiny, knowledge_unlearning.subset(tokens['forget'], [2, 3]))
     results = [TrainResult('stopped', 1), TrainResult('stopped', 1, events=[
         {'step': 1, 'kind': 'eval', **last}])]
     calls = []
@@ -172,7 +174,7 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
     monkeypatch.setattr(experiment, 'forget_el', lambda s, m, f=None,
                         **k: calls.append(f['input_ids'].shape[0])
                         or el(s, m, f, **k))
-    out = experiment.measure_sequential(setup, tiny, results)
+    out = knowledge_unlearning.measure_sequential(setup, tiny, results)
     assert calls == [2]  # only the first chunk measured again
     whole = el(setup, tiny)
     assert out['forget/EL_2'] == pytest.approx(whole, abs=1e-6)
@@ -189,6 +191,7 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
 def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
     from types import SimpleNamespace
 
+    from workbench.experiments import knowledge_unlearning, selective_forgetting
     from workbench.experiments import people as experiment
     from workbench.core.train import TrainResult
     ids = torch.arange(10).view(5, 2)
@@ -200,7 +203,7 @@ def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
         experiment, 'run_until_forgotten', lambda s, m, meth, cfg, forget,
         **k: seen.append(('run', forget['input_ids'][:, 0].tolist()))
         or TrainResult('stopped', len(seen)))
-    out, results = experiment.sequential_unlearning(
+    out, results = knowledge_unlearning.sequential_unlearning(
         setup, None, None, 2, after_chunk=lambda m, c, r: seen.append(
             ('after', c, m is model, r.steps)))
     # the first chunk holds the first rows, as a run on that many would

@@ -244,8 +244,8 @@ def ragged_batch():
 def test_a_recorded_training_forward_pass_serves_token_stats(lora):
     """With a trainable head the step runs the model; with LoRA it runs
     the decoder and the head by chunks, and records what it scored."""
-    from workbench.core.fast.recorded import (known_stats, recorded_forward,
-                                              token_stats)
+    from workbench.core.fast.recorded import known_stats, recorded_forward
+    from workbench.core.scoring import token_stats
     from workbench.core.models import add_lora
     model, batch = tiny_llama(), ragged_batch()
     if lora:
@@ -336,8 +336,8 @@ def test_evaluating_before_the_update_still_evaluates_the_last_step():
 
 
 def test_the_recorded_pass_is_not_served_with_the_adapter_off():
-    from workbench.core.fast.recorded import (known_stats, recorded_forward,
-                                              token_stats)
+    from workbench.core.fast.recorded import known_stats, recorded_forward
+    from workbench.core.scoring import token_stats
     from workbench.core.models import add_lora, reference
     model = add_lora(tiny_llama(), 4).train()
     with recorded_forward(model) as rows:

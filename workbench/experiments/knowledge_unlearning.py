@@ -3,8 +3,7 @@ ascent until the forget set is below the forgetting thresholds, and the
 paper's sequential unlearning (the forget set in chunks, one after
 another). The set-up is the implanted people (`people`).
 """
-from .people import (final_metrics, forget_el, measure, run_until_forgotten,
-                     trainable)
+from . import people
 
 
 def subset(tokens, idx):
@@ -30,9 +29,9 @@ def sequential_unlearning(setup, method, config, chunks, callbacks=(),
     forget set, so it is also a run on a smaller forget set of its own.
     """
     n = setup.tokens['forget']['input_ids'].shape[0]
-    model, results = trainable(setup), []
+    model, results = people.trainable(setup), []
     for c in range(chunks):
-        results.append(run_until_forgotten(
+        results.append(people.run_until_forgotten(
             setup, model, method, config,
             forget=subset(setup.tokens['forget'], _chunk(n, chunks, c)),
             callbacks=callbacks, guard_bound=guard_bound, progress=progress,
@@ -47,14 +46,14 @@ def measure_sequential(setup, model, results):
     from its last evaluation (of this very model), so only the earlier
     chunks' EL_n is measured again; EL_n is a mean over sequences."""
     n = setup.tokens['forget']['input_ids'].shape[0]
-    last = final_metrics(results[-1]) or {}
+    last = people.final_metrics(results[-1]) or {}
     el = f'forget/{setup.el_key}'
     if el not in last:
-        return measure(setup, model)
+        return people.measure(setup, model)
     rows = _chunk(n, len(results), len(results) - 1)
     earlier = list(range(rows[0]))
     mean = last[el] * len(rows)
     if earlier:
-        mean += forget_el(setup, model, subset(setup.tokens['forget'],
+        mean += people.forget_el(setup, model, subset(setup.tokens['forget'],
                                                earlier)) * len(earlier)
-    return measure(setup, model, known={el: mean / n})
+    return people.measure(setup, model, known={el: mean / n})

@@ -7,8 +7,7 @@ people (`people`).
 from .. import metrics
 from ..core.fast.heap import measuring
 from .annotate import annotate_with
-from .people import (below_thresholds, cached_beside_implant, implanted_entry,
-                     quick_metrics, setup_inputs)
+from . import people
 
 
 def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
@@ -23,7 +22,7 @@ def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
     forgetting costs the other method more than the guard allows; else
     (the other run's step budget ran out) it does not.
     """
-    if below_thresholds(theirs, level) is not None:
+    if people.below_thresholds(theirs, level) is not None:
         return (ours['retain/MA'] > theirs['retain/MA']
                 and ours['world_facts/accuracy']
                 >= theirs['world_facts/accuracy']), 'reached the level'
@@ -69,11 +68,11 @@ def span_metrics(setup, model, tokens, mask, n=2, stats=None,
     (before unlearning, on unseen texts: the span thresholds). With
     `el_below`, S-EL_n (the costly one) only once S-MA is at or below it.
     The implanted model's are cached beside its weights."""
-    entry = (implanted_entry(setup, model)
+    entry = (people.implanted_entry(setup, model)
              if stats is None and el_below is None else None)
     if entry:
-        return cached_beside_implant(entry, 'span_metrics', [
-            setup_inputs(setup), tokens['input_ids'].tolist(),
+        return people.cached_beside_implant(entry, 'span_metrics', [
+            people.setup_inputs(setup), tokens['input_ids'].tolist(),
             tokens['attention_mask'].tolist(), mask.tolist(), n],
             lambda: _span_metrics(setup, model, tokens, mask, n))
     return _span_metrics(setup, model, tokens, mask, n, stats, el_below)
@@ -101,7 +100,7 @@ def span_quick_metrics(setup, model, mask, n=2, world=0, thresholds=None):
     (the stopping rule needs both), as EL waits for MA."""
     f = setup.tokens['forget']
     stats = metrics.token_stats(model, f['input_ids'], f['attention_mask'])
-    out = quick_metrics(setup, model, world=world, el=False,
+    out = people.quick_metrics(setup, model, world=world, el=False,
                         forget_stats=stats)
     below = (thresholds or {}).get('S-MA')
     for k, v in span_metrics(setup, model, f, mask, n, stats,
