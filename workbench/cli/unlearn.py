@@ -9,7 +9,8 @@ from ..core import WorkbenchError, data, models
 
 from ..core.roles import Roles
 from ..experiments import kga as kga_experiment
-from ..experiments import llm_unlearning, people, whos_harry_potter
+from ..experiments import (llm_unlearning, people, selective_forgetting,
+                           whos_harry_potter)
 from ..experiments.annotate import annotate_with
 from ..methods import kga, llmu, loo, whp
 from .. import methods
@@ -79,13 +80,13 @@ def unlearn_files(args):
     if args.method == 'seul':  # measured on its spans (S-MA, S-EL)
         masks = _span_masks(setup, args.annotator, progress)
         n = args.span_n
-        before.update({f'forget/{k}': v for k, v in people.span_metrics(
+        before.update({f'forget/{k}': v for k, v in selective_forgetting.span_metrics(
             setup, setup.model, setup.tokens['forget'], masks['forget'],
             n).items()})
-        thresholds = people.span_metrics(
+        thresholds = selective_forgetting.span_metrics(
             setup, setup.model, setup.tokens['unseen'], masks['unseen'], n)
         kw = {'span_mask': masks['forget']}
-        evaluate = partial(people.span_quick_metrics, setup,
+        evaluate = partial(selective_forgetting.span_quick_metrics, setup,
                            mask=masks['forget'], n=n, thresholds=thresholds)
     for k, v in before.items():
         rec.before(k, v)
@@ -102,7 +103,7 @@ def unlearn_files(args):
     last = people.final_metrics(result) or {}
     after = people.measure(setup, model, known=last)
     if args.method == 'seul':
-        after.update({f'forget/{k}': v for k, v in people.span_metrics(
+        after.update({f'forget/{k}': v for k, v in selective_forgetting.span_metrics(
             setup, model, setup.tokens['forget'], masks['forget'],
             n).items()})
     for k, v in after.items():
