@@ -1,4 +1,9 @@
-"""Named run profiles: one place that scales every notebook.
+"""Named run profiles: what scales every notebook.
+
+A profile holds what every notebook shares (the model, the dtype, the
+device, the people per split); each experiment keeps one sizes table of its
+own beside its set-up, keyed by the same profile names and read through
+`sizes`, so an unknown profile is the same one error everywhere.
 
 `smoke` is for CI (seconds to minutes, still shows each effect), `cpu` is the
 real lesson on a laptop (under 2 GB), `gpu` a 1-2B model on a Colab-size GPU,
@@ -96,3 +101,18 @@ def get_profile(name, **overrides):
     if unknown:
         raise WorkbenchError(f'unknown profile field(s): {sorted(unknown)}')
     return replace(profile, **overrides)
+
+
+def sizes(table, profile, **overrides):
+    """The row of an experiment's sizes `table` (profile name -> dict) for
+    `profile` (a name or a Profile), with `overrides` replacing its
+    entries."""
+    name = profile.name if isinstance(profile, Profile) else profile
+    if name not in table:
+        raise WorkbenchError(f'unknown profile {name!r}; choose one of '
+                             f'{", ".join(table)}')
+    unknown = set(overrides) - set(table[name])
+    if unknown:
+        raise WorkbenchError(f'unknown size(s) {sorted(unknown)}; the sizes '
+                             f'are {", ".join(table[name])}')
+    return dict(table[name], **overrides)

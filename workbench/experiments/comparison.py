@@ -32,6 +32,7 @@ from .. import metrics
 from .. import methods
 from ..metrics.qa import generate_answers, qa_batch
 from ..core.profiles import get_profile
+from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
 
 METHODS = tuple(methods.REGISTRY)  # every registered LM method
@@ -55,6 +56,9 @@ SIZES = {
     'gpu': {'forget': 10, 'retain': 30, 'holdout': 10, 'new': 10,
             'teachers': 5, 'epochs': 6, 'reinforce': 2, 'utility_qa': 40,
             'world': 120},
+    '7b': {'forget': 10, 'retain': 30, 'holdout': 10, 'new': 10,
+           'teachers': 5, 'epochs': 6, 'reinforce': 2, 'utility_qa': 40,
+           'world': 120},
 }
 
 
@@ -162,7 +166,7 @@ def setup(profile='smoke', progress=True, **sizes):
     frozen roles of single methods follow when those run
     (`helper_roles`)."""
     p = get_profile(profile)
-    s = dict(SIZES.get(p.name, SIZES['gpu']), **sizes)
+    s = profile_sizes(SIZES, p, **sizes)
     unseen = data.people('unseen', s['holdout'] + s['new'])
     people = {'forget': data.people('forget', s['forget']),
               'retain': data.people('retain', s['retain']),

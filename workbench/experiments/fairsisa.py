@@ -18,19 +18,26 @@ from ..metrics.fairness import fairness_report
 from ..methods.sisa import SISA, FinetuneLearner, HeadLearner, SISAConfig
 from ..core import data
 from ..core.models import check_gpu_memory
+from ..core.profiles import sizes as profile_sizes
 from ..methods.sisa import embed, load_classifier
 
 TOPICS = ('sexual_orientation', 'religion', 'race', 'gender', 'age',
           'disability')
 
-# how shard models train: a head on cached embeddings (fast), or LoRA
-# fine-tuning of the backbone, per profile
-MODE = {'smoke': 'fast', 'cpu': 'fast', 'gpu': 'finetune', '7b': 'finetune'}
-FAST = dict(lr=3e-2, epochs=10, batch_size=32)
-FINETUNE = {
-    'cpu': dict(lr=1e-3, epochs=2, batch_size=32),
-    'gpu': dict(lr=5e-4, epochs=2, batch_size=32),
-    '7b': dict(lr=2e-4, epochs=2, batch_size=16),
+# per profile: how shard models train by default (`mode`: a head on cached
+# embeddings, 'fast', or LoRA fine-tuning, 'finetune'), the training of each
+# mode, and the fine-tuned backbone (the profile's encoder, or at 7B its
+# causal LM)
+_HEAD = dict(lr=3e-2, epochs=10, batch_size=32)
+SIZES = {
+    'smoke': dict(mode='fast', fast=_HEAD, backbone='encoder',
+                  finetune=dict(lr=1e-3, epochs=2, batch_size=32)),
+    'cpu': dict(mode='fast', fast=_HEAD, backbone='encoder',
+                finetune=dict(lr=1e-3, epochs=2, batch_size=32)),
+    'gpu': dict(mode='finetune', fast=_HEAD, backbone='encoder',
+                finetune=dict(lr=5e-4, epochs=2, batch_size=32)),
+    '7b': dict(mode='finetune', fast=_HEAD, backbone='model',
+               finetune=dict(lr=2e-4, epochs=2, batch_size=16)),
 }
 
 
@@ -83,6 +90,12 @@ def setup(profile, mode=None, progress=True, rows=None):
     """Load data/toxicity (or `rows`: dicts with text, label, topic and
     split) and the shard learner for `profile`."""
     import torch
+    sizes = profile_sizes(SIZES, profile)
+    mode = mode or sizes['mode']
+    if mode not in ('fast', 'finetune'):
+        raise WorkbenchError(f"mode must be 'fast' or 'finetune', got "
+                             f"{mode!r}")
+    training = dict(sizes[mode])
     rows = data.toxicity() if rows is None else list(rows)
     missing = {'text', 'label', 'topic', 'split'} - set(rows[0] if rows
                                                          else ())
@@ -92,17 +105,13 @@ def setup(profile, mode=None, progress=True, rows=None):
     topics = np.array([r['topic'] for r in rows])
     names = np.array([r['split'] for r in rows])
     split = {s: np.flatnonzero(names == s) for s in ('train', 'val', 'test')}
-    mode = mode or MODE.get(profile.name, 'finetune')
     texts = [r['text'] for r in rows]
     if mode == 'fast':
-        training = dict(FAST)
         learner = HeadLearner(embed(texts, profile.encoder,
                                     progress=progress), labels)
     elif mode == 'finetune':
         check_gpu_memory(profile)  # before loading anything
-        training = dict(FINETUNE.get(profile.name, FINETUNE['cpu']))
-        # at 7B the shards are adapters on the 7B causal LM itself
-        name = profile.model if profile.name == '7b' else profile.encoder
+        name = getattr(profile, sizes['backbone'])
         dtype = getattr(torch, profile.dtype)
         model, tok = load_classifier(name, lora_r=8, dtype=dtype,
                                      gradient_checkpointing=(
@@ -110,9 +119,6 @@ def setup(profile, mode=None, progress=True, rows=None):
         if profile.device == 'cuda':
             model.to('cuda')
         learner = FinetuneLearner(model, tok, texts, labels)
-    else:
-        raise WorkbenchError(f"mode must be 'fast' or 'finetune', got "
-                             f"{mode!r}")
     return ToxicitySetup(rows=rows, labels=labels, topics=topics,
                          split=split, learner=learner, mode=mode,
                          training=training, profile=profile)

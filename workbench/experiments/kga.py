@@ -16,6 +16,7 @@ from .. import metrics
 from .. import methods
 from ..methods import kga
 from ..core.profiles import get_profile
+from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
 from ..core.scoring import vocab_logprobs
 
@@ -28,8 +29,9 @@ SIZES = {
     'cpu': dict(forget=4, retain=8, new=4, test=8, epochs=8, side_epochs=2),
     'gpu': dict(forget=10, retain=30, new=10, test=10, epochs=8,
                 side_epochs=2),
+    '7b': dict(forget=10, retain=30, new=10, test=10, epochs=8,
+               side_epochs=2),
 }
-SIZES['7b'] = SIZES['gpu']
 
 
 @dataclass
@@ -61,7 +63,7 @@ class KGASetup:
 def setup(profile='smoke', progress=True, **sizes):
     """Train (or load from the cache) A_D, A_f, A_n and A_Dr."""
     p = get_profile(profile)
-    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    s = profile_sizes(SIZES, p, **sizes)
     unseen = data.people('unseen', s['new'] + s['test'])
     rows = {'forget': data.people('forget', s['forget']),
             'retain': data.people('retain', s['retain']),

@@ -28,6 +28,7 @@ from ..core import WorkbenchError, data
 from .. import methods, metrics
 from ..metrics.qa import answer_perplexity, generate_answers, rouge_l_recall
 from ..core.profiles import get_profile
+from ..core.profiles import sizes as profile_sizes
 from ..core.embed import sentence_embeddings
 from ..core.roles import Roles
 from ..core.models import load_encoder
@@ -39,8 +40,8 @@ SIZES = {
     'smoke': dict(forget=24, unseen=16, normal=34, epochs=2, tokens=20),
     'cpu': dict(forget=48, unseen=32, normal=34, epochs=2, tokens=24),
     'gpu': dict(forget=112, unseen=32, normal=34, epochs=3, tokens=32),
+    '7b': dict(forget=112, unseen=32, normal=34, epochs=3, tokens=32),
 }
-SIZES['7b'] = SIZES['gpu']
 
 
 def rows(kind, split):
@@ -139,7 +140,7 @@ class HarmfulSetup:
 def setup(profile='smoke', progress=True, **sizes):
     """The original model (trained, or from the cache) and the judge."""
     p = get_profile(profile)
-    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    s = profile_sizes(SIZES, p, **sizes)
     forget = rows('forget', 'train')[:s['forget']]
     normal = rows('normal', 'train')[:s['normal']]
     roles = Roles(p, progress)

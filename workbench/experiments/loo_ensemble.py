@@ -16,6 +16,7 @@ from .. import metrics
 from .. import methods
 from ..methods import ga, loo
 from ..core.profiles import get_profile
+from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
 
 # per profile: teachers (= partitions), bios per partition, the canaries
@@ -31,8 +32,9 @@ SIZES = {
     'gpu': dict(teachers=5, bios=6, insert=None, forget=('c02', 'c05',
                                                         'c08'),
                 epochs=4, candidates=1000, samples=100, heldout=20),
+    '7b': dict(teachers=5, bios=6, insert=None, forget=('c02', 'c05', 'c08'),
+               epochs=4, candidates=1000, samples=100, heldout=20),
 }
-SIZES['7b'] = SIZES['gpu']
 METHODS = ('leave-one-out', 'full', 'ga')
 
 
@@ -107,7 +109,7 @@ def setup(profile='smoke', progress=True, **sizes):
     """Train (or load from the cache) the student, the teachers and the
     oracle for `profile`; `sizes` override the profile's SIZES."""
     p = get_profile(profile)
-    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    s = profile_sizes(SIZES, p, **sizes)
     parts, inserted = corpus(s['teachers'], s['bios'], s['insert'])
     forget = [c for c in inserted if c['id'] in s['forget']]
     if len(forget) != len(s['forget']):

@@ -27,6 +27,7 @@ from ..metrics.extraction import greedy_continue
 from ..methods import whp
 from ..core.paths import DATA_DIR
 from ..core.profiles import get_profile
+from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
 
 # per profile: chapters used, epochs of the baseline and of the
@@ -35,8 +36,8 @@ SIZES = {
     'smoke': dict(chapters=4, epochs=6, reinforce=4, tokens=8),
     'cpu': dict(chapters=8, epochs=6, reinforce=4, tokens=8),
     'gpu': dict(chapters=8, epochs=6, reinforce=4, tokens=12),
+    '7b': dict(chapters=8, epochs=6, reinforce=4, tokens=12),
 }
-SIZES['7b'] = SIZES['gpu']
 
 
 def read(name):
@@ -77,7 +78,7 @@ def setup(profile='smoke', progress=True, **sizes):
     """Train (or load) the baseline and the reinforced model on the
     chapters of data/story the profile uses."""
     p = get_profile(profile)
-    s = dict(SIZES[p.name if p.name in SIZES else 'cpu'], **sizes)
+    s = profile_sizes(SIZES, p, **sizes)
     paragraphs = [r for r in read('story') if r['chapter'] <= s['chapters']]
     prompts = [r for r in read('familiarity')
                if r['chapter'] <= s['chapters']]

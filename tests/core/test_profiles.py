@@ -1,0 +1,48 @@
+"""Profiles, and the one sizes table of each experiment keyed by them."""
+from dataclasses import replace
+
+import pytest
+
+from workbench import WorkbenchError
+from workbench.core.profiles import PROFILES, get_profile, sizes
+from workbench.experiments import (comparison, fairsisa, kga, llm_unlearning,
+                                   loo_ensemble, whos_harry_potter)
+
+SIZED = (comparison, fairsisa, kga, llm_unlearning, loo_ensemble,
+         whos_harry_potter)
+
+
+@pytest.mark.parametrize('module', SIZED, ids=lambda m: m.__name__)
+def test_every_experiment_sizes_every_profile(module):
+    assert set(module.SIZES) == set(PROFILES)
+    shapes = {tuple(sorted(row)) for row in module.SIZES.values()}
+    assert len(shapes) == 1, 'every profile sets the same sizes'
+
+
+def test_an_unknown_profile_is_one_error_naming_the_profiles():
+    with pytest.raises(WorkbenchError, match='smoke, cpu, gpu, 7b'):
+        get_profile('laptop')
+    with pytest.raises(WorkbenchError, match="unknown profile 'laptop'"):
+        sizes(kga.SIZES, 'laptop')
+    with pytest.raises(WorkbenchError, match=r"unknown size\(s\) \['shards'\]"):
+        sizes(kga.SIZES, 'smoke', shards=3)
+    assert sizes(kga.SIZES, get_profile('cpu'), epochs=2)['epochs'] == 2
+    assert kga.SIZES['cpu']['epochs'] == 8, 'the table itself is unchanged'
+
+
+@pytest.mark.parametrize('module', SIZED, ids=lambda m: m.__name__)
+def test_a_renamed_profile_is_refused_before_anything_loads(module,
+                                                            monkeypatch):
+    """A profile of a name no table knows fails at once, the same way in
+    every experiment, before data or a model is read."""
+    def loads(*args, **kwargs):
+        raise AssertionError('loaded something')
+    monkeypatch.setattr('workbench.core.models.load_causal_lm', loads)
+    monkeypatch.setattr('workbench.core.models.load_encoder', loads)
+    monkeypatch.setattr('workbench.core.roles.Roles.__init__', loads)
+    monkeypatch.setattr('workbench.core.data.people', loads)
+    monkeypatch.setattr('workbench.core.data.toxicity', loads)
+    mine = replace(PROFILES['cpu'], name='mine')
+    with pytest.raises(WorkbenchError,
+                       match="unknown profile 'mine'; choose one of smoke"):
+        module.setup(mine, progress=False)
