@@ -136,7 +136,8 @@ def test_unlearn_seul_own_data_with_spans(tmp_path, tiny_model_dir, cache):
 
 
 @pytest.mark.parametrize('retain, message', [
-    ('{"text": "kept text"}', 'needs a "partition"'),
+    ('{"text": "kept text"}', 'each line needs a non-empty "text" and '
+                              '"partition"'),
     ('{"text": "kept", "partition": 1}', 'at least 2 partitions'),
 ])
 def test_loo_needs_partitions_of_two_users(tmp_path, capsys, retain,

@@ -40,7 +40,8 @@ MATRIX = {
          'test_reliability::test_interrupted_run_keeps_model_and_record'
          '_consistent'],
     'a corrupted cache entry':
-        ['test_implant_and_models::'
+        ['test_cache::test_a_damaged_entry_is_rebuilt_with_a_note',
+         'test_implant_and_models::'
          'test_implant_caches_and_rebuilds_corrupted_entries'],
     'pickled weights (only safetensors or GGUF load)':
         ['test_reliability::test_pickled_weights_are_refused'],
@@ -50,7 +51,8 @@ MATRIX = {
          'test_implant_and_models::'
          'test_fresh_adapters_start_from_the_seed_alone'],
     'two processes building the same cache entry':
-        ['test_implant_and_models::'
+        ['test_cache::test_two_processes_building_one_entry_take_turns',
+         'test_implant_and_models::'
          'test_two_processes_build_one_entry_in_turn'],
     'no traceback from the real process':
         ['test_cli::test_no_traceback_from_the_real_process'],

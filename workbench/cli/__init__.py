@@ -19,6 +19,7 @@ Every error is one line on stderr and a non-zero exit, never a traceback.
 """
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..core.paths import NOTEBOOK_DIR, results_dir
 from ..core.profiles import PROFILES, get_profile
 from ..methods import REGISTRY
 from ..core.models import list_models
+from .inputs import check_out
 from .unlearn import unlearn
 
 
@@ -51,6 +53,7 @@ def run_notebook(name, profile, out, parameters=None, progress=True):
     from nbconvert import HTMLExporter
     nb = find_notebook(name)
     get_profile(profile)
+    check_out(out)
     out = results_dir(out)
     executed = out / nb.name
     params = {'profile': profile, 'results_dir': str(out.resolve()),
@@ -120,8 +123,35 @@ def cmd_unlearn(args):
     print_record(path)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors one line like every other error here."""
+    def error(self, message):
+        print(f'error: {message} (see `{self.prog} --help`)', file=sys.stderr)
+        sys.exit(2)
+
+
+def number(kind, low, high=None, above=False):
+    """An argparse type: a finite `kind` from `low` (or `above` it) up to
+    `high`."""
+    word = 'a number' if kind is float else 'a whole number'
+    bounds = (f'above {low}' if above else f'at least {low}') + (
+        f' and at most {high}' if high is not None else '')
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not {word}')
+        if (not math.isfinite(value) or value < low or (above and value == low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f'must be {bounds}, got {text}')
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog='python -m workbench',
         description='LLM Unlearning Workbench: notebooks and methods')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -149,23 +179,24 @@ def build_parser():
                                       '"generic": ...}')
     un.add_argument('--prompts', help='whp: familiarity prompts, JSONL of '
                                       '{"prompt", "story", "generic"}')
-    un.add_argument('--alpha', type=float, default=2.0,
+    un.add_argument('--alpha', type=number(float, 0), default=2.0,
                     help='whp: weight of the reinforcement difference')
     un.add_argument('--model', help='model name, folder or hub id')
     un.add_argument('--implant', action='store_true',
                     help='first fine-tune until forget and retain are '
                          'memorised (cached); loo and kga always train '
                          'their models (LoRA adapters, cached)')
-    un.add_argument('--implant-lr', type=float,
+    un.add_argument('--implant-lr', type=number(float, 0, above=True),
                     help="implant learning rate (default: the profile's)")
-    un.add_argument('--implant-epochs', type=int,
+    un.add_argument('--implant-epochs', type=number(int, 1),
                     help="most implant epochs (default: the profile's; "
                          "loo and kga: epochs of every model, 4)")
     un.add_argument('--profile', default='cpu', choices=PROFILES)
-    un.add_argument('--steps', type=int, help='unlearning steps')
-    un.add_argument('--lr', type=float,
+    un.add_argument('--steps', type=number(int, 1),
+                    help='unlearning steps')
+    un.add_argument('--lr', type=number(float, 0, above=True),
                     help="learning rate (default: the profile's)")
-    un.add_argument('--batch-size', type=int, default=0,
+    un.add_argument('--batch-size', type=number(int, 0), default=0,
                     help='sequences per step; 0: the whole forget set')
     un.add_argument('--spans', default='online',
                     choices=['online', 'annotated'],
@@ -174,14 +205,16 @@ def build_parser():
     un.add_argument('--selector', default='original',
                     choices=['original', 'current'],
                     help='seul online: which model selects the spans')
-    un.add_argument('--quantile', type=float, default=0.3,
+    un.add_argument('--quantile', type=number(float, 0, 1, above=True),
+                    default=0.3,
                     help='seul online: least likely share selected')
-    un.add_argument('--span-n', type=int, default=2,
+    un.add_argument('--span-n', type=number(int, 1), default=2,
                     help='seul: n of S-EL_n')
     un.add_argument('--annotator', default='smollm2-135m',
                     help="seul: instruct model annotating lines without "
                          "spans, or 'rules'")
-    un.add_argument('--ppl-bound', type=float, default=10.0,
+    un.add_argument('--ppl-bound', type=number(float, 1, above=True),
+                    default=10.0,
                     help='stop and restore if retain perplexity grows by '
                          'this factor')
     un.add_argument('--save-model', action='store_true',
@@ -196,7 +229,10 @@ COMMANDS = {'models': cmd_models, 'profiles': cmd_profiles, 'run': cmd_run,
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option (its one line shown)
+        return e.code
     try:
         COMMANDS[args.command](args)
     except WorkbenchError as e:

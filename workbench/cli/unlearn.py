@@ -1,9 +1,7 @@
 """Run a method on a user's own JSONL files: the `unlearn` command."""
-import json
 import sys
 from dataclasses import asdict, fields
 from functools import partial
-from pathlib import Path
 
 from ..core import WorkbenchError, data, models
 
@@ -15,6 +13,7 @@ from ..experiments.annotate import annotate_with
 from ..methods import kga, llmu, loo, whp
 from .. import methods
 from .. import metrics
+from . import inputs
 from ..metrics import memorization_accuracy
 from ..metrics.qa import generate_answers, qa_batch
 from ..core.paths import results_dir
@@ -22,36 +21,32 @@ from ..core.profiles import get_profile
 from ..core.record import Record
 
 
-def _context_limit(model_name, profile):
-    """The longest text the model and profile accept, in tokens."""
+def _tokenizer(args, files, profile):
+    """The profile's tokenizer, once the GPU is checked, and every line
+    checked against the longest text the model and profile accept."""
     from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(models.resolve(model_name).path)
-    return min(profile.max_tokens,
-               getattr(config, 'max_position_embeddings', profile.max_tokens))
+    models.check_gpu_memory(profile)
+    tok = models.load_tokenizer(profile.model)
+    config = AutoConfig.from_pretrained(models.resolve(profile.model).path)
+    limit = min(profile.max_tokens, getattr(
+        config, 'max_position_embeddings', profile.max_tokens))
+    inputs.check_lengths(args.method, files, tok, limit)
+    return tok
 
 
-def unlearn_files(args):
-    """Read, check, (implant,) unlearn, measure and record; return the
-    record's path."""
+def unlearn_files(args, files):
+    """(Implant,) unlearn, measure and record on the lines read from the
+    user's `files`; return the record's path."""
     profile = get_profile(args.profile)
     overrides = {'model': args.model, 'implant_lr': args.implant_lr,
                  'implant_epochs': args.implant_epochs}
     profile = get_profile(profile, **{k: v for k, v in overrides.items()
                                       if v is not None})
-    # before anything loads (an empty file is refused when it is read)
     method = methods.get(args.method)
-    if 'retain' in method.NEEDS and not args.retain:
-        raise WorkbenchError(f'--method {args.method} needs --retain: it '
-                             f'holds the model on the retain set')
-    models.check_gpu_memory(profile)
-    tok = models.load_tokenizer(profile.model)
-    limit = _context_limit(profile.model, profile)
-    rows = {'forget': data.read_jsonl(args.forget, tok, limit, 'forget file')}
-    rows['retain'] = data.read_jsonl(args.retain, tok, limit, 'retain file') \
-        if args.retain else []
-    rows['unseen'] = data.read_jsonl(args.holdout, tok, limit,
-                                     'holdout file') \
-        if args.holdout else data.people('unseen', profile.n_unseen)
+    _tokenizer(args, files, profile)  # every line checked against it
+    rows = {'forget': files['forget'], 'retain': files.get('retain', []),
+            'unseen': files.get('holdout')
+            or data.people('unseen', profile.n_unseen)}
     progress = not args.quiet
     setup = people.setup_from_rows(profile, rows, progress=progress,
                                        do_implant=args.implant)
@@ -161,16 +156,6 @@ def _span_masks(setup, annotator, progress):
     return masks
 
 
-def _partition_index(rows, what):
-    """The "partition" (user) of every line, as teacher indices."""
-    missing = [i + 1 for i, r in enumerate(rows) if 'partition' not in r]
-    if missing:
-        raise WorkbenchError(f'loo needs a "partition" (the user whose data '
-                             f'it is) on every line; the {what} file lacks '
-                             f'it on lines {missing[:5]}')
-    return [str(r['partition']) for r in rows]
-
-
 def _role_metrics(roles, role, tokens):
     """Forget MA and mean NLL; retain and holdout perplexity."""
     out = {}
@@ -189,33 +174,20 @@ def _role_metrics(roles, role, tokens):
     return out
 
 
-def unlearn_roles(args):
+def unlearn_roles(args, files):
     """`unlearn --method loo|kga`: every model is a LoRA adapter on one
     base (`workbench.roles`), trained here (cached) from the files."""
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
-    if not args.retain:  # before anything loads
-        raise WorkbenchError(f'{args.method} needs --retain (the rest of '
-                             f'the training data)')
-    if args.method == 'kga' and not args.new:
-        raise WorkbenchError('kga needs --new: text of the same kind, '
-                             'never in the training data (D_n)')
-    models.check_gpu_memory(profile)
-    tok = models.load_tokenizer(profile.model)
-    limit = _context_limit(profile.model, profile)
-    forget = data.read_jsonl(args.forget, tok, limit, 'forget file')
-    retain = data.read_jsonl(args.retain, tok, limit, 'retain file')
+    tok = _tokenizer(args, files, profile)
+    forget, retain = files['forget'], files['retain']
     if args.method == 'loo':
-        users = _partition_index(forget, 'forget') + \
-            _partition_index(retain, 'retain')
+        users = [str(r['partition']) for r in forget + retain]
         names = sorted(set(users))
-        if len(names) < 2:
-            raise WorkbenchError('loo needs data of at least 2 partitions '
-                                 '(users): one teacher each')
     else:
-        new = data.read_jsonl(args.new, tok, limit, 'new-data file')
-    holdout = data.read_jsonl(args.holdout, tok, limit, 'holdout file') \
-        if args.holdout else data.people('unseen', profile.n_unseen)
+        new = files['new']
+    holdout = files.get('holdout') or data.people('unseen',
+                                                  profile.n_unseen)
     progress = not args.quiet
     epochs = args.implant_epochs or 4
     texts = lambda rows: [r['text'] for r in rows]  # noqa: E731
@@ -282,28 +254,10 @@ def unlearn_roles(args):
     return rec.save(out)
 
 
-def _pairs(rows, what):
-    """Check that every line has "question" and "answer"."""
-    missing = [i + 1 for i, r in enumerate(rows)
-               if not str(r.get('question', '')).strip()
-               or not str(r.get('answer', '')).strip()]
-    if missing:
-        raise WorkbenchError(f'the {what} file needs "question" and '
-                             f'"answer" on every line; lines {missing[:5]} '
-                             f'lack them')
-    return rows
-
-
-def unlearn_llmu(args, profile, tok, limit, progress):
+def unlearn_llmu(args, files, profile, tok, progress):
     """`unlearn --method llmu`: forget pairs (undesired answers), normal
     pairs (--retain) for the random answers and the KL term."""
-    forget = _pairs(data.read_jsonl(args.forget, tok, limit, 'forget file'),
-                    'forget')
-    if not args.retain:
-        raise WorkbenchError('llmu needs --retain: normal question-answer '
-                             'pairs for the random answers and the KL term')
-    normal = _pairs(data.read_jsonl(args.retain, tok, limit, 'retain file'),
-                    'retain')
+    forget, normal = files['forget'], files['retain']
     roles = Roles(profile, progress)
     if args.implant:
         roles.fit('original', [data.qa_text(r['question'], r['answer'])
@@ -347,33 +301,12 @@ def unlearn_llmu(args, profile, tok, limit, progress):
     return before, after, result, config, {'answers_after': answers}
 
 
-def unlearn_whp(args, profile, tok, limit, progress):
+def unlearn_whp(args, files, profile, tok, progress):
     """`unlearn --method whp`: the forget lines are the target text,
     --anchors the anchored-terms dictionary, --prompts familiarity
     prompts (optional)."""
-    paragraphs = data.read_jsonl(args.forget, tok, limit, 'forget file')
-    if not args.anchors:
-        raise WorkbenchError('whp needs --anchors: a JSONL of {"term": ..., '
-                             '"generic": ...}, the target\'s idiosyncratic '
-                             'terms and generic replacements')
-    anchors = [json.loads(line) for line in
-               Path(args.anchors).read_text().splitlines() if line.strip()] \
-        if Path(args.anchors).is_file() else None
-    if not anchors or any(not isinstance(a, dict) or 'term' not in a
-                          or 'generic' not in a for a in anchors):
-        raise WorkbenchError(f'{args.anchors} must be a JSONL file of '
-                             f'{{"term": ..., "generic": ...}} lines')
-    prompts = []
-    if args.prompts:
-        if not Path(args.prompts).is_file():
-            raise WorkbenchError(f'prompts file {args.prompts} does not '
-                                 f'exist')
-        prompts = [json.loads(line) for line in Path(
-            args.prompts).read_text().splitlines() if line.strip()]
-        if any(not {'prompt', 'story', 'generic'} <= set(p)
-               for p in prompts):
-            raise WorkbenchError('each prompts line needs "prompt", "story" '
-                                 'and "generic"')
+    paragraphs, anchors = files['forget'], files['anchors']
+    prompts = files.get('prompts', [])
     sizes = {'chapters': 0, 'epochs': args.implant_epochs or 6,
              'reinforce': 2, 'tokens': 8}
     setup = whos_harry_potter.setup_from(profile, paragraphs, anchors, prompts, sizes,
@@ -386,16 +319,14 @@ def unlearn_whp(args, profile, tok, limit, progress):
     return before, after, result, config, {'completions_after': texts}
 
 
-def unlearn_generic(args):
+def unlearn_generic(args, files):
     """`unlearn --method llmu|whp`: the unlearned model is a LoRA adapter
     on the profile's model (`workbench.roles`)."""
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
-    models.check_gpu_memory(profile)
-    tok = models.load_tokenizer(profile.model)
-    limit = _context_limit(profile.model, profile)
+    tok = _tokenizer(args, files, profile)
     run = unlearn_llmu if args.method == 'llmu' else unlearn_whp
-    before, after, result, config, extra = run(args, profile, tok, limit,
+    before, after, result, config, extra = run(args, files, profile, tok,
                                                not args.quiet)
     rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
     _report(rec, args, before, after, result, config, **extra)
@@ -423,5 +354,7 @@ BY_INPUTS = {'loo': unlearn_roles, 'kga': unlearn_roles,
 
 
 def unlearn(args):
-    """Run `args.method` on the user's files; return the record's path."""
-    return BY_INPUTS.get(args.method, unlearn_files)(args)
+    """Check every input, then run `args.method` on the user's files;
+    return the record's path."""
+    files = inputs.read_inputs(args)
+    return BY_INPUTS.get(args.method, unlearn_files)(args, files)

@@ -94,41 +94,116 @@ def used_width(attention_mask):
     return max(2, int(cols[-1]) + 1) if len(cols) else attention_mask.shape[1]
 
 
-def read_jsonl(path, tokenizer=None, max_tokens=None, what='file'):
-    """Read a user's JSONL file, checking every line; errors are one line.
+# the fields a user's JSONL line may carry, and what each must be
+_TEXT = (str,)
+FIELDS = {'text': _TEXT, 'question': _TEXT, 'answer': _TEXT,
+          'prefix': _TEXT, 'secret': _TEXT, 'term': _TEXT,
+          'generic': _TEXT, 'prompt': _TEXT, 'story': _TEXT,
+          'partition': (str, int), 'spans': (list,)}
 
-    Each line is an object with `text`, and optionally `spans` (character
-    offsets `[start, end]`), `question` and `answer`.
-    """
+
+def _lines(path, what):
+    """The lines of a UTF-8 text file, or one error saying why not."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise WorkbenchError(f'{what} {path} is a folder, not a JSONL file')
+    if not path.exists():
         raise WorkbenchError(f'{what} {path} does not exist')
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise WorkbenchError(f'{what} {path} cannot be read: {e.strerror}')
+    try:
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b'\n') + 1
+        raise WorkbenchError(f'{path}:{line}: not UTF-8 text (byte '
+                             f'0x{raw[e.start]:02x}); save the file as UTF-8')
+    return text.splitlines()
+
+
+def _check_field(path, i, row, key):
+    value = row[key]
+    if not isinstance(value, FIELDS[key]) or isinstance(value, bool):
+        kinds = ' or '.join({'str': 'a string', 'int': 'a whole number',
+                             'list': 'a list'}[t.__name__]
+                            for t in FIELDS[key])
+        raise WorkbenchError(f'{path}:{i}: "{key}" must be {kinds}, got '
+                             f'{json.dumps(value)[:40]}')
+    if key == 'spans':
+        for span in value:
+            ok = (isinstance(span, list) and len(span) == 2
+                  and all(isinstance(x, int) and not isinstance(x, bool)
+                          for x in span)
+                  and 0 <= span[0] < span[1] <= len(row.get('text', '')))
+            if not ok:
+                raise WorkbenchError(f'{path}:{i}: span {json.dumps(span)} '
+                                     f'is not [start, end] inside the text')
+
+
+class Rows(list):
+    """The rows of a user's file, with its `path` and each row's line
+    number (`lines`), for errors found later."""
+    def __init__(self, rows, path, lines):
+        super().__init__(rows)
+        self.path, self.lines = path, lines
+
+
+def read_rows(path, what='file', required=('text',)):
+    """Read and check a user's JSONL file without loading anything else;
+    every problem is one error naming the file and line.
+
+    Each line is an object with the `required` fields (non-empty); every
+    field of FIELDS it has must be of its kind (`spans`: character offsets
+    `[start, end]` inside the text).
+    """
+    rows, numbers = [], []
+    for i, line in enumerate(_lines(path, what), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise WorkbenchError(f'{path}:{i}: not valid JSON ({e.msg})')
-        if not isinstance(row, dict) or not str(row.get('text', '')).strip():
-            raise WorkbenchError(f'{path}:{i}: each line needs a non-empty '
-                                 f'"text" field')
-        for span in row.get('spans', []):
-            ok = (isinstance(span, list) and len(span) >= 2
-                  and 0 <= span[0] < span[1] <= len(row['text']))
-            if not ok:
-                raise WorkbenchError(f'{path}:{i}: span {span} is not '
-                                     f'[start, end] inside the text')
-        if tokenizer is not None and max_tokens is not None:
-            n = len(tokenizer(row['text'])['input_ids'])
-            if n > max_tokens:
+        if not isinstance(row, dict):
+            raise WorkbenchError(f'{path}:{i}: each line must be a JSON '
+                                 f'object, got {json.dumps(row)[:40]}')
+        for key in required:
+            if key not in row or (isinstance(row[key], str)
+                                  and not row[key].strip()):
+                names = ' and '.join(f'"{k}"' for k in required)
                 raise WorkbenchError(
-                    f'{path}:{i}: text is {n} tokens, longer than the '
-                    f'{max_tokens} this model and profile allow')
+                    f'{path}:{i}: each line needs a non-empty {names}'
+                    + (' field' if len(required) == 1
+                       else f' ("{key}" is missing or empty)'))
+        for key in FIELDS.keys() & row.keys():
+            _check_field(path, i, row, key)
         rows.append(row)
+        numbers.append(i)
     if not rows:
         raise WorkbenchError(f'{what} {path} is empty: nothing to use')
+    return Rows(rows, path, numbers)
+
+
+def check_lengths(rows, tokenizer, max_tokens, text_of=None):
+    """Refuse any of `rows` (read by `read_rows`) whose text (`row['text']`,
+    or `text_of(row)`) is longer than `max_tokens` tokens."""
+    for i, row in zip(rows.lines, rows):
+        text = text_of(row) if text_of else row['text']
+        n = len(tokenizer(text)['input_ids'])
+        if n > max_tokens:
+            raise WorkbenchError(
+                f'{rows.path}:{i}: text is {n} tokens, longer than the '
+                f'{max_tokens} this model and profile allow')
+    return rows
+
+
+def read_jsonl(path, tokenizer=None, max_tokens=None, what='file'):
+    """`read_rows` of lines with "text", each no longer than `max_tokens`
+    tokens of `tokenizer` (when given)."""
+    rows = read_rows(path, what)
+    if tokenizer is not None and max_tokens is not None:
+        check_lengths(rows, tokenizer, max_tokens)
     return rows
 
 

@@ -4,30 +4,22 @@ Unlearning needs a model that really knows what it must forget. `implant`
 fine-tunes (LoRA merged back in, or all weights, as the profile says) until
 the mean memorisation accuracy (MA) of the texts reaches the profile's
 target, and caches the result on disk under a hash of model, texts and
-settings. A cache entry whose checksum does not match is rebuilt.
+settings (`workbench.core.cache`: an entry that no longer matches its
+checksums is rebuilt).
 """
-import hashlib
 import json
 import math
-import shutil
 
 import torch
+from safetensors.torch import save_model
 
 from . import models
 from .data import batches, tokenize
-from .paths import cache_dir, cache_lock
+from .cache import cached, entry_path, key_of
 from .scoring import memorization_accuracy, token_nll
 from .train import TrainConfig, train
 
 VERSION = 1  # bump when the implant recipe changes
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def implant_key(model_name, texts, profile, seed):
@@ -38,17 +30,7 @@ def implant_key(model_name, texts, profile, seed):
             **{k: getattr(profile, k) for k in (
                 'dtype', 'lora', 'lora_r', 'batch_size', 'implant_lr',
                 'implant_epochs', 'implant_target_ma')}}
-    blob = json.dumps(spec, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _valid(entry):
-    """Is a cache entry complete and uncorrupted?"""
-    try:
-        manifest = json.loads((entry / 'manifest.json').read_text())
-        return manifest['sha256'] == _sha256(entry / 'model.safetensors')
-    except (OSError, ValueError, KeyError):
-        return False
+    return key_of(spec)
 
 
 def implant(model_name, texts, profile, seed=0, progress=True):
@@ -58,22 +40,27 @@ def implant(model_name, texts, profile, seed=0, progress=True):
     epochs used and whether the cache was hit.
     """
     key = implant_key(model_name, texts, profile, seed)
-    with cache_lock(f'implant-{key}'):
-        return _implant(model_name, texts, profile, seed, progress, key)
+
+    def load(entry):
+        model, tok = models.load_causal_lm(
+            model_name, profile, weights=entry / 'model.safetensors')
+        info = json.loads((entry / 'info.json').read_text())
+        return model, tok, info
+
+    def build(entry):
+        model, tok, info = _implant(model_name, texts, profile, seed,
+                                    progress)
+        save_model(model, str(entry / 'model.safetensors'))
+        (entry / 'info.json').write_text(json.dumps(info, indent=1))
+        return model, tok, info
+    (model, tok, info), hit = cached('implant', key, build, load)
+    return model, tok, dict(info, cached=hit, path=str(entry_path('implant',
+                                                                   key)))
 
 
-def _implant(model_name, texts, profile, seed, progress, key):
-    from safetensors.torch import save_model
-    entry = cache_dir() / 'implant' / key
-    if entry.exists() and not _valid(entry):
-        print(f'implant cache entry {entry.name} is corrupted; rebuilding')
-        shutil.rmtree(entry)
-    if entry.exists():
-        model, tok = models.load_causal_lm(model_name, profile,
-                                           weights=entry / 'model.safetensors')
-        info = json.loads((entry / 'manifest.json').read_text())
-        return model, tok, dict(info, cached=True, path=str(entry))
-
+def _implant(model_name, texts, profile, seed, progress):
+    """Fine-tune until the texts are memorised; returns (merged model,
+    tokenizer, info)."""
     model, tok = models.load_causal_lm(model_name, profile)
     data = tokenize(tok, texts)
     gen = torch.Generator().manual_seed(seed)
@@ -103,17 +90,10 @@ def _implant(model_name, texts, profile, seed, progress, key):
                    evaluate=mean_ma, should_stop=reached)
     ma = result.last('MA')
     model = models.merged(trainable).eval()
-    tmp = entry.with_name(entry.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / 'model.safetensors'))
     info = {'MA': ma, 'epochs': result.steps / per_epoch,
             'target_ma': profile.implant_target_ma, 'n_texts': len(texts),
-            'model': model_name, 'status': result.status,
-            'sha256': _sha256(tmp / 'model.safetensors')}
-    (tmp / 'manifest.json').write_text(json.dumps(info, indent=1))
-    tmp.rename(entry)
+            'model': model_name, 'status': result.status}
     if ma < profile.implant_target_ma:
         print(f'note: implanting stopped at MA {ma:.3f}, below the target '
               f'{profile.implant_target_ma}')
-    return model, tok, dict(info, cached=False, path=str(entry))
+    return model, tok, info

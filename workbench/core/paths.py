@@ -25,22 +25,3 @@ def results_dir(path=None):
                                        REPO_DIR / 'results'))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def cache_lock(name):
-    """A lock on one cache entry, across processes: two notebooks (or two
-    test workers) that build the same entry at once take turns, and the
-    second finds it built."""
-    from filelock import FileLock
-    locks = cache_dir() / 'locks'
-    locks.mkdir(exist_ok=True)
-    return FileLock(str(locks / f'{name}.lock'))
-
-
-def atomic_write(path, text):
-    """Write `text` to `path` whole or not at all (a reader never sees half
-    a file, two writers never share a temporary file)."""
-    path = Path(path)
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -17,16 +17,16 @@ switch to the trainable role for its forward and backward pass.
 import hashlib
 import json
 import math
-import shutil
 import time
 from contextlib import contextmanager
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import WorkbenchError, models
 from .data import bucketed_batches, tokenize
 from .fast.trunk import FrozenTrunk
-from .paths import cache_dir, cache_lock
+from .cache import cached
 from .profiles import get_profile
 from .scoring import logprobs, memorization_accuracy, token_nll
 from .train import TrainConfig, train
@@ -181,7 +181,6 @@ class Roles:
         from the cache: a fresh adapter, or one that continues from the
         trained role `start`. Returns its info: MA reached on the texts,
         seconds spent, whether it came from the cache."""
-        from safetensors.torch import load_file, save_file
         if not texts:
             raise WorkbenchError(f'role {name!r} needs at least one text')
         if start is not None and start not in self.keys:
@@ -190,57 +189,53 @@ class Roles:
         lr = lr or adapter_lr(self.profile)
         key = self.key(texts, epochs, lr, seed,
                        start and self.keys[start])
-        entry = cache_dir() / 'roles' / key
-        with cache_lock(f'role-{key}'):  # another process may be training it
-            init = self.state(start) if start is not None else None
-            if name in self.names:
+        init = self.state(start) if start is not None else None
+        if name in self.names:
+            self.drop(name)
+        self.keys[name] = key
+
+        def load(folder):
+            info = json.loads((folder / 'info.json').read_text())
+            self.add(name, load_file(str(folder / 'adapter.safetensors')))
+            return info
+
+        def build(folder):
+            if name in self.names:  # a cached adapter that failed to load
                 self.drop(name)
-            self.keys[name] = key
-            tokens = tokenize(self.tokenizer, texts)
-            t0 = time.perf_counter()
-            if (entry / 'adapter.safetensors').exists():
-                try:
-                    state = load_file(str(entry / 'adapter.safetensors'))
-                    info = json.loads((entry / 'info.json').read_text())
-                    self.add(name, state)
-                    self.info[name] = dict(info, cached=True)
-                    return self.info[name]
-                except (OSError, ValueError, KeyError, RuntimeError):
-                    print(f'role cache entry {entry.name} is unreadable; '
-                          f'retraining')
-                    if name in self.names:
-                        self.drop(name)
-                    shutil.rmtree(entry, ignore_errors=True)
-            with torch.random.fork_rng():  # LoRA's A init from `seed` alone
-                torch.manual_seed(seed)
-                model = self.add(name, init)
-            p = self.profile
-            per_epoch = math.ceil(len(texts) / p.batch_size)
-            gen = torch.Generator().manual_seed(seed)
-            config = TrainConfig(lr=lr, optimizer='adamw', betas=(0.9, 0.999),
-                                 steps=epochs * per_epoch, eval_every=0,
-                                 seed=seed, desc=desc or f'training {name}',
-                                 progress=self.progress)
-            result = train(model, token_nll,
-                           bucketed_batches(tokens, p.batch_size, gen), config)
-            if result.status != 'completed':
-                self.drop(name)
-                raise WorkbenchError(f'training role {name!r} ended early '
-                                     f'({result.status}: {result.message})')
-            ma = memorization_accuracy(model, tokens['input_ids'],
-                                       tokens['attention_mask']).mean().item()
-            info = {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
-                    'seconds': time.perf_counter() - t0}
-            tmp = entry.with_name(entry.name + '.tmp')
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            info = self._train(name, texts, epochs, lr, seed, desc, init)
             save_file({k: v.contiguous() for k, v in self.state(name).items()},
-                      str(tmp / 'adapter.safetensors'))
-            (tmp / 'info.json').write_text(json.dumps(info, indent=1))
-            shutil.rmtree(entry, ignore_errors=True)
-            tmp.rename(entry)
-            self.info[name] = dict(info, cached=False)
-            return self.info[name]
+                      str(folder / 'adapter.safetensors'))
+            (folder / 'info.json').write_text(json.dumps(info, indent=1))
+            return info
+        info, hit = cached('roles', key, build, load)
+        self.info[name] = dict(info, cached=hit)
+        return self.info[name]
+
+    def _train(self, name, texts, epochs, lr, seed, desc, init):
+        """Train role `name` (a fresh adapter, or `init`'s state) on
+        `texts`; returns its info."""
+        tokens = tokenize(self.tokenizer, texts)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng():  # LoRA's A init from `seed` alone
+            torch.manual_seed(seed)
+            model = self.add(name, init)
+        p = self.profile
+        per_epoch = math.ceil(len(texts) / p.batch_size)
+        gen = torch.Generator().manual_seed(seed)
+        config = TrainConfig(lr=lr, optimizer='adamw', betas=(0.9, 0.999),
+                             steps=epochs * per_epoch, eval_every=0,
+                             seed=seed, desc=desc or f'training {name}',
+                             progress=self.progress)
+        result = train(model, token_nll,
+                       bucketed_batches(tokens, p.batch_size, gen), config)
+        if result.status != 'completed':
+            self.drop(name)
+            raise WorkbenchError(f'training role {name!r} ended early '
+                                 f'({result.status}: {result.message})')
+        ma = memorization_accuracy(model, tokens['input_ids'],
+                                   tokens['attention_mask']).mean().item()
+        return {'MA': ma, 'epochs': epochs, 'lr': lr, 'texts': len(texts),
+                'seconds': time.perf_counter() - t0}
 
     def finetune(self, src, name, texts, steps, lr=None, seed=0):
         """A few plain fine-tuning updates (AdamW) of a copy of role `src`

@@ -14,16 +14,16 @@ verifies what only it proposed. `annotate` reports how many spans each
 source gave, and the results are cached as JSON, since a model's answers
 change with its version.
 """
-import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..core import WorkbenchError
 from ..core.scoring import greedy_continue
-from ..core.paths import atomic_write, cache_dir
+from ..core.cache import cached_json, is_cached, key_of
 from ..core.models import in_child, load_causal_lm
 from ..core.profiles import Profile
 
@@ -125,16 +125,13 @@ def _merge(spans):
     return out
 
 
-def _cache_path(texts, model_name):
-    key = hashlib.sha256(json.dumps(
-        [PROMPT_VERSION, model_name or 'rules', texts]).encode()
-    ).hexdigest()[:16]
-    return cache_dir() / 'annotations' / f'{key}.json'
+def _key(texts, model_name):
+    return key_of(PROMPT_VERSION, model_name or 'rules', list(texts))
 
 
 def cached(texts, model_name):
     """Whether the annotation of `texts` by `model_name` is cached."""
-    return _cache_path(texts, model_name).exists()
+    return is_cached('annotations', _key(texts, model_name))
 
 
 def annotate_with(texts, model_name, profile, progress=True):
@@ -145,16 +142,13 @@ def annotate_with(texts, model_name, profile, progress=True):
     process for good."""
     if model_name in ('', 'rules') or cached(texts, model_name):
         return annotate(texts, None, None, model_name, progress=progress)
-    job = _cache_path(texts, model_name).with_suffix('.job')
-    job.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(job, json.dumps({'texts': texts, 'model': model_name,
-                                  'profile': profile.as_dict(),
-                                  'progress': progress}))
-    try:
-        code, last = in_child('workbench.experiments.annotate', '_annotate_job',
-                              str(job), relay=progress)
-    finally:
-        job.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        job = Path(folder) / 'job.json'
+        job.write_text(json.dumps({'texts': texts, 'model': model_name,
+                                   'profile': profile.as_dict(),
+                                   'progress': progress}))
+        code, last = in_child('workbench.experiments.annotate',
+                              '_annotate_job', str(job), relay=progress)
     if code or not cached(texts, model_name):
         raise WorkbenchError(f'annotating with {model_name!r} failed: '
                              f'{last}')
@@ -177,9 +171,10 @@ def annotate(texts, model=None, tokenizer=None, model_name='', cache=True,
     it, with the rules beside it; with `model_name` '' or 'rules', the
     rules alone annotate. Cached by model name and texts.
     """
-    path = _cache_path(texts, model_name)
-    if cache and path.exists():
-        return json.loads(path.read_text())
+    if cache:
+        return cached_json('annotations', _key(texts, model_name),
+                           lambda: annotate(texts, model, tokenizer,
+                                            model_name, False, progress))[0]
     if model is None and model_name not in ('', 'rules'):
         raise ValueError(f'{model_name!r} is not cached; pass the model')
     from tqdm.auto import tqdm
@@ -207,8 +202,4 @@ def annotate(texts, model=None, tokenizer=None, model_name='', cache=True,
             else:
                 report['rejected'] += 1
         spans.append(_merge(kept))
-    out = {'spans': spans, 'report': report}
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(out))
-    return out
+    return {'spans': spans, 'report': report}

@@ -7,7 +7,6 @@ numbers every notebook reports before and after a method.
 """
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from ..core.fast.heap import measuring
 
 from .. import methods, metrics
 from ..core.implant import implant
-from ..core.paths import atomic_write, cache_lock
+from ..core.cache import MANIFEST, cached_json, key_of
 from ..core.profiles import get_profile
 
 
@@ -52,25 +51,12 @@ def _code_version():
 
 
 def cached_beside_implant(entry, name, parts, compute):
-    """`compute()` (a dict of numbers), cached in `entry`/measured.json under
-    a hash of `name`, `parts` (plain data) and the workbench's code."""
-    blob = json.dumps([name, _code_version(), parts]).encode()
-    key = hashlib.sha256(blob).hexdigest()[:16]
-    path = Path(entry) / 'measured.json'
-
-    def read():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-    value = read().get(key)
-    if value is None:
-        value = compute()
-        with cache_lock(f'measured-{Path(entry).name}'):
-            known = read()  # another process may have added its own
-            known[key] = value
-            atomic_write(path, json.dumps(known))
-    return dict(value)
+    """`compute()` (a dict of numbers), cached under the implanted model's
+    cache `entry` (its checksums: a rebuilt entry is measured anew),
+    `name`, `parts` (plain data) and the workbench's code."""
+    weights = (Path(entry) / MANIFEST).read_text()
+    return dict(cached_json('measured', key_of(
+        weights, name, _code_version(), parts), compute)[0])
 
 
 def _thresholds(model, tokens, profile, entry):

@@ -18,7 +18,6 @@ Two learners carry the shard models:
   head; one backbone in memory, each shard's adapter and head a small
   state dict swapped in (at 7B, S adapters on one base).
 """
-import os
 import copy
 import hashlib
 import math
@@ -33,7 +32,7 @@ from ..core import WorkbenchError
 from ..core.embed import mean_pool, sentence_embeddings
 from ..core.models import load_trainable_state, trainable_state
 from ..core.models import disable_dropout, load_encoder, resolve
-from ..core.paths import cache_dir
+from ..core.cache import cached, key_of
 from .fairsisa import majority_vote
 
 
@@ -431,19 +430,18 @@ def embed(texts, name='minilm', batch_size=64, progress=True):
     """Mean-pooled, normalised sentence embeddings of the frozen encoder,
     cached on disk (keyed by the model name and the texts)."""
     texts = list(texts)
-    key = hashlib.sha256('\n'.join([name] + texts).encode()).hexdigest()[:16]
-    path = cache_dir() / 'embeddings' / f'{name.replace("/", "--")}-{key}.pt'
-    if path.exists():
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached.shape[0] == len(texts):
-                return cached
-        except Exception:  # a corrupted entry is rebuilt below
-            pass
-    encoder, tok = load_encoder(name)
-    features = sentence_embeddings(encoder, tok, texts, batch_size, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    torch.save(features, tmp)
-    tmp.replace(path)
-    return features
+
+    def build(folder):
+        encoder, tok = load_encoder(name)
+        features = sentence_embeddings(encoder, tok, texts, batch_size,
+                                       progress)
+        torch.save(features, folder / 'embeddings.pt')
+        return features
+
+    def load(folder):
+        features = torch.load(folder / 'embeddings.pt', weights_only=True)
+        if features.shape[0] != len(texts):
+            raise ValueError(f'{features.shape[0]} rows for {len(texts)} '
+                             f'texts')
+        return features
+    return cached('embeddings', key_of(name, texts), build, load)[0]
