@@ -47,6 +47,36 @@ def tiny_llama(vocab=64, seed=0):
     return LlamaForCausalLM(config).eval()
 
 
+def random_tokens(n=6, T=8, vocab=64, seed=0):
+    """`n` random token sequences of length `T`, unpadded."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, T), generator=g)
+    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+
+
+def ragged_tokens(n=6, T=10, seed=0):
+    """Right-padded texts of different lengths, the last one short."""
+    data = random_tokens(n=n, T=T, seed=seed)
+    lengths = torch.tensor([T - (3 * i) % 5 for i in range(n)])
+    lengths[-1] = 3
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    return {'input_ids': data['input_ids'] * mask, 'attention_mask': mask}
+
+
+def step_gradient(model, loss_fn, batches, accum):
+    """The gradient of one step of the training loop over `batches`."""
+    from workbench.core.train import accumulate
+    model.zero_grad()
+    accumulate(model, [loss_fn], iter(batches), accum)
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def random_logprobs(*shape, seed=0):
+    """Log-probabilities of a peaked random distribution of `shape`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(*shape, generator=g) * 3, -1)
+
+
 @pytest.fixture
 def successor():
     return SuccessorLM()
@@ -97,3 +127,10 @@ def smoke_record(tmp_path, monkeypatch):
                             progress=False)
         return json.loads(path.read_text())
     return run
+
+
+@pytest.fixture(scope='module')
+def roles():
+    """The smoke profile's roles on the offline SmolLM2 (no role trained)."""
+    from workbench.core.roles import Roles
+    return Roles('smoke', progress=False)

@@ -120,6 +120,7 @@ def test_out_is_an_existing_file(tmp_path, capsys, nothing_loads):
     ('ga', ['--new', 'N'], '--new is not read by --method ga'),
     ('llmu', ['--holdout', 'H'], '--holdout is not read by --method llmu'),
     ('graddiff', [], '--method graddiff needs --retain'),
+    ('llmu', [], '--method llmu needs --retain: normal question-answer'),
     ('kga', ['--retain', 'R'], '--method kga needs --new: text of the same'),
     ('whp', [], '--method whp needs --anchors'),
 ])

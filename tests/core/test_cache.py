@@ -43,7 +43,11 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(cache, tmp_path, capsys,
     counter.mkdir()
     disk.cached('things', 'k', _counting(counter), _read)
     entry = disk.entry_path('things', 'k')
-    load = _read
+
+    def load(folder):
+        if damage == 'does not load':
+            raise ValueError('unreadable')
+        return _read(folder)
     if damage == 'truncated':
         (entry / 'value.txt').write_text('bui')
     elif damage == 'flipped':  # same size: only the checksum tells
@@ -53,9 +57,6 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(cache, tmp_path, capsys,
         (entry / 'stray.bin').write_bytes(b'x')
     elif damage == 'no manifest':
         (entry / 'manifest.json').unlink()
-    else:
-        def load(folder):
-            raise ValueError('unreadable')
     assert disk.cached('things', 'k', _counting(counter), load) == (
         'built', False)
     assert len(list(counter.iterdir())) == 2

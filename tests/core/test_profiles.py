@@ -24,7 +24,8 @@ def test_an_unknown_profile_is_one_error_naming_the_profiles():
         get_profile('laptop')
     with pytest.raises(WorkbenchError, match="unknown profile 'laptop'"):
         sizes(kga.SIZES, 'laptop')
-    with pytest.raises(WorkbenchError, match=r"unknown size\(s\) \['shards'\]"):
+    with pytest.raises(WorkbenchError,
+                       match=r"unknown size\(s\) \['shards'\]"):
         sizes(kga.SIZES, 'smoke', shards=3)
     assert sizes(kga.SIZES, get_profile('cpu'), epochs=2)['epochs'] == 2
     assert kga.SIZES['cpu']['epochs'] == 8, 'the table itself is unchanged'

@@ -1,27 +1,23 @@
-"""The comparison's two modern baselines, GradDiff and NPO, checked
-against hand computations on a tiny model."""
+"""The comparison's two modern baselines, GradDiff and NPO, checked against
+hand computations on a tiny model."""
 import contextlib
 import math
 
 import pytest
 import torch
 
-from conftest import tiny_llama
 from workbench import WorkbenchError
 from workbench import methods
 from workbench.methods import graddiff, npo
 from workbench.core.models import keep_reference, reference
 from workbench.core.scoring import token_nll
 
-
-def _data(n=4, T=8, vocab=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (n, T), generator=g)
-    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+from conftest import tiny_llama
+from conftest import random_tokens
 
 
 def test_graddiff_loss_is_the_weighted_difference(tiny):
-    f, r = _data(seed=1), _data(seed=2)
+    f, r = random_tokens(n=4, seed=1), random_tokens(n=4, seed=2)
     loss, parts = graddiff.graddiff_loss(tiny, {'forget': f, 'retain': r},
                                          0.5, 2.0)
     by_hand = -0.5 * token_nll(tiny, f) + 2.0 * token_nll(tiny, r)
@@ -30,7 +26,7 @@ def test_graddiff_loss_is_the_weighted_difference(tiny):
 
 
 def test_paired_batches_cover_the_forget_set_with_retain_rows():
-    f, r = _data(n=5, seed=1), _data(n=3, seed=2)
+    f, r = random_tokens(n=5, seed=1), random_tokens(n=3, seed=2)
     it, accum = graddiff.paired_batches(f, r, graddiff.GradDiffConfig(
         micro_batch=2))
     step = [next(it) for _ in range(accum)]
@@ -48,7 +44,7 @@ def test_npo_at_the_reference_is_log_two_and_ascends(tiny):
     gradient is that of the mean sequence log-likelihood (gradient ascent
     on whole sequences, weighted by sigmoid(0) * 2 = 1)."""
     keep_reference(tiny)
-    f, r = _data(seed=1), _data(seed=2)
+    f, r = random_tokens(n=4, seed=1), random_tokens(n=4, seed=2)
     with reference(tiny) as ref:
         f = dict(f, reference_logprob=npo.sequence_logprobs(ref, f))
     beta = 0.5
@@ -83,7 +79,7 @@ def test_npo_takes_a_given_reference():
     one: a given reference replaces the model's own."""
     model = tiny_llama()
     keep_reference(model)
-    f, r = _data(seed=1), _data(seed=2)
+    f, r = random_tokens(n=4, seed=1), random_tokens(n=4, seed=2)
     far = tiny_llama(seed=1)  # the task's original: another model
     near = npo.sequence_logprobs(model, f)
     config = npo.Config(lr=1e-6, steps=1, micro_batch=4, retain_weight=0.0)
@@ -100,7 +96,7 @@ def test_npo_takes_a_given_reference():
 def test_baselines_lower_the_forget_likelihood(method):
     model = tiny_llama()
     keep_reference(model)
-    f, r = _data(seed=1), _data(seed=2)
+    f, r = random_tokens(n=4, seed=1), random_tokens(n=4, seed=2)
     before = token_nll(model, f).item()
     config = method.Config(lr=1e-2, steps=5, micro_batch=2)
     res = methods.run(method, model, methods.Task(forget=f, retain=r),
@@ -111,7 +107,8 @@ def test_baselines_lower_the_forget_likelihood(method):
 
 def test_baselines_need_a_retain_set_and_sane_configs():
     with pytest.raises(WorkbenchError, match='graddiff needs retain'):
-        methods.run('graddiff', tiny_llama(), methods.Task(forget=_data()),
+        methods.run('graddiff', tiny_llama(),
+                    methods.Task(forget=random_tokens(n=4)),
                     graddiff.GradDiffConfig(), progress=False)
     with pytest.raises(WorkbenchError, match='beta > 0'):
         npo.NPOConfig(beta=0)

@@ -1,100 +1,28 @@
-"""Gradient ascent as Jang et al. run it, and SeUL's span selection and
-loss: each checked against a hand computation."""
+"""SeUL's span selection and loss (Wang et al.): each checked against a hand
+computation."""
 import pytest
 import torch
 
 from workbench import WorkbenchError
 from workbench.core.data import full_batches
 from workbench import methods
-from workbench.methods import ga, seul
+from workbench.methods import seul
 from workbench.core.scoring import token_nll
-from workbench.core.train import accumulate
 
-
-def _data(n=6, T=8, vocab=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (n, T), generator=g)
-    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
-
-
-def _ragged(n=6, T=10, seed=0):
-    """Right-padded texts of different lengths, the last one short."""
-    data = _data(n=n, T=T, seed=seed)
-    lengths = torch.tensor([T - (3 * i) % 5 for i in range(n)])
-    lengths[-1] = 3
-    mask = (torch.arange(T)[None] < lengths[:, None]).long()
-    return {'input_ids': data['input_ids'] * mask, 'attention_mask': mask}
-
-
-def test_full_batches_cover_the_set_once_per_step():
-    data = _ragged(n=7)
-    it, chunks = full_batches(data, micro_batch=3)
-    assert chunks == 3
-    step = [next(it) for _ in range(chunks)]
-    sizes = [b['input_ids'].shape[0] for b in step]
-    assert sum(sizes) == 7 and max(sizes) - min(sizes) <= 1
-    # each chunk is cut to its longest text and holds its share of targets
-    row = 0
-    for b in step:
-        width = b['input_ids'].shape[1]
-        real = data['attention_mask'][row:row + len(b['input_ids'])]
-        assert width == int(real.sum(1).max())
-        assert torch.equal(b['input_ids'],
-                           data['input_ids'][row:row + len(real), :width])
-        row += len(real)
-    assert sum(b['share'] for b in step) == pytest.approx(1.0)
-    # the next step starts again at the first sequence
-    assert torch.equal(next(it)['input_ids'], step[0]['input_ids'])
-
-
-def _grads(model, loss_fn, batches, accum):
-    """The gradient of one step of the training loop over `batches`."""
-    model.zero_grad()
-    accumulate(model, [loss_fn], iter(batches), accum)
-    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-
-@pytest.mark.parametrize('micro', [1, 2, 4])
-def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny, micro):
-    # texts of different lengths: the chunks' means, weighed by their
-    # shares of the targets, are the whole set's mean for any micro-batch
-    data = _ragged(n=6)
-    full = _grads(tiny, ga.ga_loss, [data], 1)
-    it, chunks = full_batches(data, micro_batch=micro)
-    acc = _grads(tiny, ga.ga_loss, [next(it) for _ in range(chunks)], chunks)
-    for a, b in zip(full, acc):
-        assert torch.allclose(a, b, atol=1e-6)
+from conftest import ragged_tokens, random_tokens, step_gradient
 
 
 def test_span_shares_count_the_span_targets(tiny):
-    data = _ragged(n=4)
+    data = ragged_tokens(n=4)
     spans = torch.zeros_like(data['attention_mask'])
     spans[:, 2:5] = 1
     data = {**data, 'target_mask': spans}
-    full = _grads(tiny, seul.seul_loss, [data], 1)
+    full = step_gradient(tiny, seul.seul_loss, [data], 1)
     it, chunks = full_batches(data, micro_batch=1)
-    acc = _grads(tiny, seul.seul_loss, [next(it) for _ in range(chunks)],
-                 chunks)
+    acc = step_gradient(tiny, seul.seul_loss,
+                        [next(it) for _ in range(chunks)], chunks)
     for a, b in zip(full, acc):
         assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_ga_default_is_the_papers_full_batch():
-    cfg = ga.GAConfig()
-    assert cfg.batch_size == 0
-    it, accum = ga.step_batches(_data(n=5), ga.GAConfig(micro_batch=2))
-    assert accum == 3
-    with pytest.raises(WorkbenchError):
-        ga.GAConfig(batch_size=-1)
-
-
-def test_full_batch_ga_raises_the_forget_nll(tiny):
-    data = _data(n=4)
-    before = token_nll(tiny, data).item()
-    res = methods.run('ga', tiny, methods.Task(forget=data),
-                      ga.GAConfig(lr=1e-2, steps=3), progress=False)
-    assert res.status == 'completed' and res.steps == 3
-    assert token_nll(tiny, data).item() > before + 0.1
 
 
 def test_select_tokens_takes_the_least_likely_share():
@@ -115,7 +43,7 @@ def test_select_tokens_takes_the_least_likely_share():
 
 
 def test_seul_loss_covers_exactly_the_span_tokens(tiny):
-    data = _data(n=2, T=10)
+    data = random_tokens(n=2, T=10)
     span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
     span[0, 3:6] = True
     span[1, 7:9] = True
@@ -140,7 +68,7 @@ def test_seul_loss_covers_exactly_the_span_tokens(tiny):
 
 
 def test_current_selection_selects_about_the_quantile(tiny):
-    data = _data(n=3, T=20)
+    data = random_tokens(n=3, T=20)
     cfg = seul.SeULConfig(quantile=0.25, merge_gap=0)
     loss, parts = seul.current_selection_loss(cfg)(tiny, data)
     assert loss.item() < 0
@@ -148,7 +76,7 @@ def test_current_selection_selects_about_the_quantile(tiny):
 
 
 def test_seul_forgets_the_spans_more_than_the_rest(tiny):
-    data = _data(n=4, T=12)
+    data = random_tokens(n=4, T=12)
     span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
     span[:, 4:7] = True
 
@@ -171,7 +99,7 @@ def test_ascent_share_on_spans_is_the_share_of_the_logit_gradient(tiny):
     """The share equals the L1 norm of autograd's gradient of the summed
     token log-probabilities at the logits, span targets over all."""
     from workbench.metrics import token_stats
-    data = _data(n=3, T=10)
+    data = random_tokens(n=3, T=10)
     span = torch.zeros_like(data['input_ids'], dtype=torch.bool)
     span[:, 2:5] = True
     logits = tiny(input_ids=data['input_ids']).logits.detach()

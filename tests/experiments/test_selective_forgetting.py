@@ -1,6 +1,6 @@
 """Notebook 07 headless on the smoke profile: SeUL forgets the spans while
 keeping a stated share of utility, and is compared with full-sequence
-gradient ascent at equal forgetting."""
+gradient ascent at equal forgetting; the comparison at equal forgetting."""
 import pytest
 
 
@@ -40,3 +40,24 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     assert claims['spans_forgotten']['holds'] == (
         sma['after'] <= thr['S-MA']
         and m['forget/S-EL_2']['after'] <= thr['S-EL_2'])
+
+
+def test_kept_more_at_equal_forgetting():
+    from workbench.experiments.selective_forgetting import (
+        kept_more_at_equal_forgetting as kept)
+    level = {'S-MA': 0.3}
+    ours = {'retain/MA': 0.5, 'world_facts/accuracy': 0.6}
+
+    def theirs(sma, retain, world=0.6):
+        return {'forget/S-MA': sma, 'retain/MA': retain,
+                'world_facts/accuracy': world}
+    # the other run reached the level: utility decides
+    assert kept(ours, theirs(0.3, 0.4), level, 'stopped') == (
+        True, 'reached the level')
+    assert not kept(ours, theirs(0.2, 0.6), level, 'stopped')[0]
+    assert not kept(ours, theirs(0.2, 0.4, world=0.7), level, 'stopped')[0]
+    # it did not: only the guard stopping it first counts for ours
+    assert kept(ours, theirs(0.4, 0.9), level, 'diverged') == (
+        True, 'met the divergence guard before the level')
+    assert kept(ours, theirs(0.4, 0.1), level, 'completed') == (
+        False, 'did not reach the level')

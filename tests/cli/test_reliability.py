@@ -5,7 +5,6 @@ MATRIX names, for each case, the tests that check it; most live beside the
 code they exercise, the rest are here. `test_the_matrix_is_complete`
 keeps the table and the README's copy honest.
 """
-import importlib
 import json
 import re
 from pathlib import Path
@@ -14,62 +13,73 @@ import pytest
 
 from workbench.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MATRIX = {
     'an empty forget set':
-        ['test_cli::test_bad_forget_files'],
+        ['cli/test_unlearn.py::test_bad_forget_files'],
     'forget text longer than the context':
-        ['test_cli::test_bad_forget_files'],
+        ['cli/test_unlearn.py::test_bad_forget_files'],
     'a forget item the model never learned':
-        ['test_implant_and_models::test_never_learned_forget_set_is_refused'],
+        ['core/test_models.py::test_never_learned_forget_set_is_refused'],
     'an unknown model name offline':
-        ['test_cli::test_unknown_model_offline',
-         'test_implant_and_models::'
-         'test_unknown_model_offline_is_one_clear_error',
-         'test_implant_and_models::test_a_missing_folder_is_one_clear_error'],
+        ['cli/test_unlearn.py::test_unknown_model_offline',
+         'core/test_models.py::test_unknown_model_offline_is_one_clear_error',
+         'core/test_models.py::test_a_missing_folder_is_one_clear_error'],
     'a 7B profile without enough GPU memory':
-        ['test_cli::test_7b_without_gpu',
-         'test_implant_and_models::test_7b_profile_refuses_without_gpu'],
+        ['cli/test_unlearn.py::test_7b_without_gpu',
+         'core/test_models.py::test_7b_profile_refuses_without_gpu'],
     'a diverging gradient ascent (NaN, or perplexity past the bound)':
-        ['test_train::test_nan_loss_stops_and_restores',
-         'test_train::test_guard_bound_restores_last_good_evaluation',
-         'test_reliability::test_diverging_ascent_is_stopped_and_restored'],
+        ['core/test_train.py::test_nan_loss_stops_and_restores',
+         'core/test_train.py::test_guard_bound_restores_last_good_evaluation',
+         'cli/test_reliability.py::test_diverging_ascent_is_stopped_and_restored'],
     'an interrupted run':
-        ['test_train::test_interrupt_restores_a_consistent_model',
-         'test_reliability::test_interrupted_run_keeps_model_and_record'
-         '_consistent'],
+        ['core/test_train.py::test_interrupt_restores_a_consistent_model',
+         'cli/test_reliability.py::test_interrupted_run_keeps_model_and_record_consistent'],
     'a corrupted cache entry':
-        ['test_cache::test_a_damaged_entry_is_rebuilt_with_a_note',
-         'test_implant_and_models::'
-         'test_implant_caches_and_rebuilds_corrupted_entries'],
+        ['core/test_cache.py::test_a_damaged_entry_is_rebuilt_with_a_note',
+         'core/test_models.py::test_implant_caches_and_rebuilds_corrupted_entries'],
     'pickled weights (only safetensors or GGUF load)':
-        ['test_reliability::test_pickled_weights_are_refused'],
+        ['cli/test_reliability.py::test_pickled_weights_are_refused'],
     'the same seed twice':
-        ['test_train::test_same_seed_same_weights',
-         'test_reliability::test_same_seed_same_metrics',
-         'test_implant_and_models::'
-         'test_fresh_adapters_start_from_the_seed_alone'],
+        ['core/test_train.py::test_same_seed_same_weights',
+         'cli/test_reliability.py::test_same_seed_same_metrics',
+         'core/test_models.py::test_fresh_adapters_start_from_the_seed_alone'],
     'two processes building the same cache entry':
-        ['test_cache::test_two_processes_building_one_entry_take_turns',
-         'test_implant_and_models::'
-         'test_two_processes_build_one_entry_in_turn'],
+        ['core/test_cache.py::test_two_processes_building_one_entry_take_turns',
+         'core/test_models.py::test_two_processes_build_one_entry_in_turn'],
     'no traceback from the real process':
-        ['test_cli::test_no_traceback_from_the_real_process'],
+        ['cli/test_unlearn.py::test_no_traceback_from_the_real_process'],
+    'a file that is not UTF-8, a folder, or a field of the wrong kind':
+        ['cli/test_inputs.py::test_bad_lines',
+         'cli/test_inputs.py::test_a_folder_as_forget_file',
+         'cli/test_inputs.py::test_method_specific_fields'],
+    'an option out of its range (a negative rate, zero steps)':
+        ['cli/test_inputs.py::test_bad_options'],
+    '`--out` naming an existing file':
+        ['cli/test_inputs.py::test_out_is_an_existing_file'],
+    'a file the method needs missing, or one it does not read given':
+        ['cli/test_inputs.py::test_files_a_method_needs_or_does_not_read'],
+    'an unknown profile':
+        ['core/test_profiles.py::test_an_unknown_profile_is_one_error_naming_the_profiles',
+         'core/test_profiles.py::test_a_renamed_profile_is_refused_before_anything_loads'],
 }
 
 
 def test_the_matrix_is_complete():
-    """Every test the matrix names exists, and the README lists every
-    case."""
+    """Every test the matrix names exists, and the README's table lists
+    every case with the same tests."""
+    readme = (ROOT / 'README.md').read_text()
     for case, tests in MATRIX.items():
         for name in tests:
-            module, func = name.split('::')
-            assert hasattr(importlib.import_module(module), func), \
-                f'{case}: {name} does not exist'
-    readme = (ROOT / 'README.md').read_text()
-    for case in MATRIX:
-        assert f'| {case} |' in readme, f'README misses {case!r}'
+            path, func = name.split('::')
+            source = (ROOT / 'tests' / path).read_text()
+            assert f'\ndef {func}(' in source, f'{case}: {name} does not exist'
+        row = f'| {case} |'
+        assert row in readme, f'README misses {case!r}'
+        line = next(ln for ln in readme.splitlines() if ln.startswith(row))
+        assert line.rstrip(' |').endswith(', '.join(f'`{t}`' for t in tests)), \
+            f'README lists other tests for {case!r}'
 
 
 def _write(path, texts, key='text'):

@@ -1,0 +1,99 @@
+"""Knowledge Unlearning (Jang et al.): sequential unlearning's bookkeeping, and
+notebook 03 headless on the smoke profile, where the paper's effects must show
+in its record."""
+import pytest
+import torch
+
+
+@pytest.mark.notebooks
+def test_gradient_ascent_reaches_the_thresholds(smoke_record):
+    rec = smoke_record('03_knowledge_unlearning')
+    m, thr = rec['metrics'], rec['thresholds']
+    # the implanted model knew the forget set far beyond unseen text
+    assert m['forget/MA']['before'] > thr['MA'] + 0.2
+    assert m['forget/EL_10']['before'] > 5 * thr['EL_10']
+    # full-batch gradient ascent brought both below the thresholds ...
+    assert m['forget/MA']['after'] <= thr['MA']
+    assert m['forget/EL_10']['after'] <= thr['EL_10']
+    # ... within the step budget, while the retain set kept a stated share
+    # of its memorisation (gradient ascent is not free: see the notebook)
+    assert rec['run']['status'] == 'stopped'
+    assert m['retain/MA']['after'] > 0.5 * m['retain/MA']['before']
+    assert m['world_facts/accuracy']['after'] > \
+        0.6 * m['world_facts/accuracy']['before']
+    # membership inference: forget texts looked like members before
+    assert m['forget/mia_auc_loss']['before'] > 0.9
+    assert m['forget/mia_auc_loss']['after'] < \
+        m['forget/mia_auc_loss']['before']
+    claims = {c['id']: c['holds'] for c in rec['claims']}
+    assert claims['ga_reaches_threshold'] is True
+    assert 'sequential_beats_batch' in claims
+    assert rec['sequential']['forget/MA'] <= thr['MA']
+    sizes = {r['forget-set size']: r['steps'] for r in rec['by_size']}
+    n = max(sizes)  # the whole forget set
+    # size 1, the sequential run's first chunk (half the set), and the set
+    assert sorted(sizes) == [1, n // 2, n]
+    assert sizes[n // 2] == rec['chunks'][0]['steps']
+
+
+def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
+        tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    from workbench.experiments import knowledge_unlearning
+    from workbench.experiments import people as experiment
+    from workbench.core.train import TrainResult
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (4, 12), generator=g)
+    tokens = {s: {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+              for s in ('forget', 'retain')}
+    setup = SimpleNamespace(tokens=tokens, thresholds={'MA': 1.0},
+                            profile=SimpleNamespace(el_n=2, el_stride=1),
+                            el_key='EL_2', world=[], tokenizer=None)
+    monkeypatch.setattr(experiment.metrics, 'multiple_choice_accuracy',
+                        lambda *a: 0.0)
+    last = experiment.quick_metrics(
+        setup, tiny, knowledge_unlearning.subset(tokens['forget'], [2, 3]))
+    results = [TrainResult('stopped', 1), TrainResult('stopped', 1, events=[
+        {'step': 1, 'kind': 'eval', **last}])]
+    calls = []
+    el = experiment.forget_el
+    monkeypatch.setattr(experiment, 'forget_el', lambda s, m, f=None,
+                        **k: calls.append(f['input_ids'].shape[0])
+                        or el(s, m, f, **k))
+    out = knowledge_unlearning.measure_sequential(setup, tiny, results)
+    assert calls == [2]  # only the first chunk measured again
+    whole = el(setup, tiny)
+    assert out['forget/EL_2'] == pytest.approx(whole, abs=1e-6)
+    assert out['forget/MA'] == pytest.approx(experiment.quick_metrics(
+        setup, tiny, el=False)['forget/MA'])
+    # the last evaluation's numbers of this model are taken as they are
+    known = {'forget/MA': 0.5, 'retain/MA': 0.25, 'retain/perplexity': 3.0,
+             'forget/EL_2': 0.125}
+    monkeypatch.setattr(experiment, 'quick_metrics', None)
+    assert experiment.measure(setup, tiny, known=known) == {
+        **known, 'world_facts/accuracy': 0.0}
+
+
+def test_sequential_unlearning_calls_back_after_each_chunk(monkeypatch):
+    from types import SimpleNamespace
+
+    from workbench.experiments import knowledge_unlearning
+    from workbench.experiments import people as experiment
+    from workbench.core.train import TrainResult
+    ids = torch.arange(10).view(5, 2)
+    setup = SimpleNamespace(tokens={'forget': {
+        'input_ids': ids, 'attention_mask': torch.ones_like(ids)}})
+    model, seen = object(), []
+    monkeypatch.setattr(experiment, 'trainable', lambda s: model)
+    monkeypatch.setattr(
+        experiment, 'run_until_forgotten', lambda s, m, meth, cfg, forget,
+        **k: seen.append(('run', forget['input_ids'][:, 0].tolist()))
+        or TrainResult('stopped', len(seen)))
+    out, results = knowledge_unlearning.sequential_unlearning(
+        setup, None, None, 2, after_chunk=lambda m, c, r: seen.append(
+            ('after', c, m is model, r.steps)))
+    # the first chunk holds the first rows, as a run on that many would
+    assert seen == [('run', [0, 2]), ('after', 0, True, 1),
+                    ('run', [4, 6, 8]), ('after', 1, True, 3)]
+    assert out is model and [r.steps for r in results] == [1, 3]

@@ -1,0 +1,66 @@
+"""KGA (Wang et al.): the objective is the difference of the two knowledge
+gaps, with held or minibatch targets."""
+import pytest
+import torch
+
+from workbench import WorkbenchError, metrics
+from workbench import methods
+from workbench.methods import kga
+
+from conftest import random_logprobs
+
+
+def test_kga_alignment_is_the_gap_difference(tiny):
+    ids = torch.randint(1, 64, (2, 6), generator=torch.Generator()
+                        .manual_seed(0))
+    am = torch.ones_like(ids)
+    am[1, 4:] = 0
+    batch = {'input_ids': ids, 'attention_mask': am}
+    target = random_logprobs(2, 5, 64, seed=3)
+    forget = {**batch, 'target_logprobs': target}
+    logp, mask = kga.vocab_logprobs(tiny, batch)
+    kl = metrics.token_kl(target, logp, mask).item()
+    l_a, gap_f = kga.alignment(tiny, forget, gap=kl + 0.25)
+    assert gap_f.item() == pytest.approx(kl, rel=1e-5)
+    assert l_a.item() == pytest.approx(0.25, abs=1e-5)
+    loss, parts = kga.kga_loss(tiny, {
+        'forget': forget, 'gap': kl + 0.25, 'alpha': 2.0,
+        'retain': {**batch, 'target_logprobs': logp.detach()}})
+    # the retain KL of a model against its own distribution is zero
+    assert parts['retain_kl'] == pytest.approx(0.0, abs=1e-5)
+    assert loss.item() == pytest.approx(0.25, abs=1e-4)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(WorkbenchError, match='retain_weight'):
+        kga.KGAConfig(retain_weight=-1)
+
+
+def test_kga_updates_the_same_with_held_or_minibatch_targets(
+        roles, cache, monkeypatch):
+    from workbench.core import data
+    people = data.people('forget', 2) + data.people('retain', 5)
+    texts = [p['text'][:80] for p in people]  # short: a fast test
+    for name, part in (('A_D', texts), ('A_f', texts[:2]),
+                       ('A_n', texts[2:4])):
+        roles.fit(name, part, epochs=1)
+    tok = {k: data.tokenize(roles.tokenizer, v) for k, v in
+           (('forget', texts[:2]), ('retain', texts[2:]),
+            ('new', texts[2:4]))}
+    seen = []
+    runs = []
+    for held in (kga.HELD_TARGETS_BYTES, 0):
+        monkeypatch.setattr(kga, 'HELD_TARGETS_BYTES', held)
+        task = methods.Task(forget=tok['forget'], retain=tok['retain'],
+                            new=tok['new'], roles=roles, original='A_D')
+        result = methods.run(
+            kga, roles.copy('A_D', f'A_{held}'), task,
+            kga.KGAConfig(steps=2, batch_size=2, stop_value=0.0),
+            evaluate_forget=lambda m, logp, mask: seen.append(
+                logp.shape) or {}, progress=False)
+        runs.append([e for e in result.events if e['kind'] == 'step'])
+    assert result.steps == 2 and len(seen) == 6  # before and after each
+    for a, b in zip(*runs):
+        assert a['retain_kl'] == pytest.approx(b['retain_kl'], abs=1e-4)
+        assert a['alignment'] == pytest.approx(b['alignment'], abs=1e-4)
+        assert a['retain_kl'] > 0
