@@ -176,7 +176,7 @@ def _role_metrics(roles, role, tokens):
 
 def unlearn_roles(args, files):
     """`unlearn --method loo|kga`: every model is a LoRA adapter on one
-    base (`workbench.roles`), trained here (cached) from the files."""
+    base (`workbench.core.roles`), trained here (cached) from the files."""
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
     tok = _tokenizer(args, files, profile)
@@ -321,7 +321,7 @@ def unlearn_whp(args, files, profile, tok, progress):
 
 def unlearn_generic(args, files):
     """`unlearn --method llmu|whp`: the unlearned model is a LoRA adapter
-    on the profile's model (`workbench.roles`)."""
+    on the profile's model (`workbench.core.roles`)."""
     profile = get_profile(args.profile, **({'model': args.model}
                                            if args.model else {}))
     tok = _tokenizer(args, files, profile)

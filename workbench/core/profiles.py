@@ -18,7 +18,7 @@ from . import WorkbenchError
 class Profile:
     """Everything that changes with the size of the run."""
     name: str
-    model: str  # a name `workbench.models.resolve` understands
+    model: str  # a name `workbench.core.models.resolve` understands
     encoder: str  # the classifier backbone
     dtype: str  # 'float32' or 'bfloat16'
     device: str  # 'cpu', 'cuda' or 'auto'
@@ -41,7 +41,7 @@ class Profile:
     el_n: int  # n of EL_n
     el_stride: int  # 1 is the paper's exact EL_n
     max_tokens: int = 512  # longest text accepted
-    role_layers: int = 0  # adapters of `workbench.roles` on the top n layers
+    role_layers: int = 0  # adapters of `workbench.core.roles` on the top n layers
     # only (0: every layer); backpropagating through fewer layers halves
     # the cost of training many models on a CPU
     min_gpu_gb: float = 0.0  # memory the profile needs on the GPU

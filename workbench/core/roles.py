@@ -53,7 +53,7 @@ class Roles:
         self.base = base
         # every role is an adapter: the pretrained weights never train, and
         # with adapters on the top layers only, the layers below are run
-        # once per text (`workbench.trunk`)
+        # once per text (`workbench.core.fast.trunk`)
         base.requires_grad_(False)
         n, top = base.config.num_hidden_layers, p.role_layers
         self.trunk = FrozenTrunk(base, n - top) if 0 < top < n else None

@@ -1,7 +1,7 @@
 """Every LM method of the workbench on one forget set, against the
 retrain oracle.
 
-One base model holds every model as a LoRA role (`workbench.roles`):
+One base model holds every model as a LoRA role (`workbench.core.roles`):
 `original` learned the Q&A pairs of the forget and retain people (TOFU's
 setting, with the workbench's synthetic people); `retrained`, the oracle,
 learned the retain people only. The forget set is the forget people's

@@ -2,7 +2,7 @@
 
 D = D_f + D_r: forget and retain people's bios; D_n: other people, never in
 A_D's training; a test set of yet other people, seen by no model. Every
-model is a LoRA adapter on one base (`workbench.roles`): A_D on D, A_f on
+model is a LoRA adapter on one base (`workbench.core.roles`): A_D on D, A_f on
 D_f, A_n on D_n, and A_Dr on D_r alone (the retrained model, for evaluation
 only). `measure` compares any of them with A_Dr.
 """

@@ -3,7 +3,7 @@
 A corpus partitioned by "user": each partition holds a few people bios and
 the secret-sharer canaries of data/canaries assigned to it, each repeated
 as often as its `repetitions` says. Every model is a LoRA adapter on one
-base (`workbench.roles`): the student on all partitions, one teacher per
+base (`workbench.core.roles`): the student on all partitions, one teacher per
 partition, and the oracle retrained without the canaries to forget.
 `measure` gives exposure, extraction and perplexity of any of them.
 """

@@ -4,7 +4,7 @@ Kadhe, Halimi, Rawat and Baracaldo, "FairSISA: Ensemble Post-Processing to
 Improve Fairness of Unlearning in LLMs", NeurIPS 2023 SoLaR workshop,
 https://arxiv.org/abs/2312.07420
 
-SISA (`workbench.sisa`) unlearns exactly by retraining one shard, but each
+SISA (`workbench.methods.sisa`) unlearns exactly by retraining one shard, but each
 shard sees 1/S of the data, and a vote of weaker models can treat groups
 less equally. Hardt, Price and Srebro (2016) make any predictor fair after
 the fact: a randomised predictor Y~ derived from a discrete signal S (the
