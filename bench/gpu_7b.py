@@ -1,25 +1,23 @@
 """Memory and throughput of the unlearning methods in the `7b` profile, on
 a GPU.
 
-A randomly initialised model of Mistral-7B's architecture (no download):
-LoRA on every linear layer, bf16, gradient checkpointing, the workbench's
-training loop, and each method's own loss on random token batches of the
-shapes it trains on (`--batch` sequences of `--tokens` tokens per part):
-- `kl`: gradient ascent plus a KL term to the frozen original through the
-  reference (the adapter disabled: no second copy of the weights);
-- `ga`: `workbench.methods.ga` as Jang et al. run it (full-batch steps);
-- `seul`: `workbench.methods.seul`, spans selected by the current model at
-  every step;
-- `graddiff`, `npo`: the forget batch and as many retain rows per step
-  (NPO's reference log-probabilities computed once);
-- `loo`: distillation towards fixed soft labels (computed once by a frozen
-  model; the teachers are adapters on the same base, so the reference
-  stands in for them);
-- `kga`: the alignment on the forget batch plus the retain KL, A_D's
-  distributions computed for each retain minibatch;
+A randomly initialised model of Mistral-7B's architecture, built in bf16
+(no download; a word-level tokenizer over its 32,000 ids is built here, as
+none can be downloaded either): every model is a LoRA role on that one base
+(`workbench.core.roles`, r=16 on every linear layer, gradient
+checkpointing), and every registered method runs through `methods.run`, the
+one training loop, on random batches of `--batch` sequences of `--tokens`
+tokens per part:
+- `ga`, `seul` (spans selected by the current model at every step),
+  `graddiff`, `npo`: the forget batch (and as many retain rows per step);
+- `loo`: distillation towards the soft labels of two teacher roles;
+- `kga`: the alignment with roles A_f and A_n, plus the retain KL to the
+  original, whose distributions are computed for each retain minibatch;
 - `llmu`: forget pairs, K = 2 random-answer copies and normal pairs with
   the original's distributions, per step;
-- `whp`: cross-entropy on generic labels (half the positions labelled).
+- `whp`: cross-entropy on generic labels (half the positions labelled);
+- `kl` (not a method): gradient ascent plus a KL term to the frozen
+  original through the disabled adapter, the shape several methods share.
 
     python bench/gpu_7b.py --method ga --steps 5 --batch 8 --tokens 256
     python bench/gpu_7b.py --method all --out bench/gpu_7b.json
@@ -35,14 +33,15 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 
 import torch
 
 from workbench import WorkbenchError, methods
 from workbench.core import models
 from workbench.core.profiles import get_profile
+from workbench.core.roles import Roles
 from workbench.core.scoring import vocab_logprobs
-from workbench.methods import kga, llmu, loo, whp
 from workbench.core.train import TrainConfig, train
 
 DEVICE = 'cuda'  # the tests run the method runners on 'cpu'
@@ -50,19 +49,38 @@ PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}  # dense bf16
 
 
 def build(profile):
-    """Mistral-7B's architecture with random weights, on the GPU."""
+    """Roles on Mistral-7B's architecture with random weights, made in
+    bf16 on the GPU (never a float32 copy first)."""
     from transformers import MistralConfig, MistralForCausalLM
     config = MistralConfig()  # the defaults are Mistral-7B-v0.1's
     torch.manual_seed(0)
-    with torch.device('cuda'):
-        model = MistralForCausalLM(config).to(torch.bfloat16)
-    model.gradient_checkpointing_enable()
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device('cuda'):
+            model = MistralForCausalLM(config)
+    finally:
+        torch.set_default_dtype(before)
     model.config.use_cache = False
-    return models.add_lora(model, profile.lora_r)
+    return Roles(profile, progress=False, base=model,
+                 tokenizer=word_tokenizer(config.vocab_size))
 
 
-METHODS = ['kl', 'ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu',
-           'whp']
+def word_tokenizer(vocab_size):
+    """A tokenizer built offline: the word `w<i>` is token i (from 2; 0 pads,
+    1 is any other word)."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+    vocab = {'<pad>': 0, '<unk>': 1,
+             **{f'w{i}': i for i in range(2, vocab_size)}}
+    tok = Tokenizer(WordLevel(vocab, unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>',
+                                   unk_token='<unk>')
+
+
+METHODS = ['kl', *methods.REGISTRY]
 
 
 def random_batch(vocab, rows, tokens, answer_from=None):
@@ -76,6 +94,12 @@ def random_batch(vocab, rows, tokens, answer_from=None):
     return b
 
 
+def random_words(vocab, words, gen):
+    """A text of `words` random words of `word_tokenizer`'s vocabulary."""
+    ids = torch.randint(2, vocab, (words,), generator=gen).tolist()
+    return ' '.join(f'w{i}' for i in ids)
+
+
 @torch.no_grad()
 def frozen_logprobs(model, b):
     """A frozen model's log-distributions on a batch (the reference)."""
@@ -83,23 +107,34 @@ def frozen_logprobs(model, b):
         return vocab_logprobs(ref, b)[0]
 
 
-def method_runner(method, model, args):
-    """run(steps) -> TrainResult for `method`, with the tokens trained on
-    and the tokens read by a frozen model at each step."""
-    V, B, T = model.config.vocab_size, args.batch, args.tokens
+def _role(roles, name, seed=None):
+    """Role `name`, made once: a fresh adapter (the base itself), or with
+    `seed` one whose LoRA B is random too, so it differs from the base as a
+    trained role would."""
+    if name in roles.names:
+        return
+    roles.add(name)
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        state = {k: torch.randn(v.shape, generator=gen).to(v) * 0.02
+                 if 'lora_B' in k else v
+                 for k, v in roles.state(name).items()}
+        roles.drop(name)
+        roles.add(name, state)
+
+
+def method_runner(method, roles, args):
+    """run(steps) -> TrainResult for `method` on a new role `unlearned`
+    (a copy of role `original`), with the tokens trained on and the tokens
+    read by a frozen model at each step."""
+    V, B, T = roles.base.config.vocab_size, args.batch, args.tokens
     forget = random_batch(V, B, T)
     retain = random_batch(V, B, T)
     lr = 1e-5
-
-    def loop(loss, batches, steps):
-        return train(model, loss, batches, TrainConfig(
-            lr=lr, steps=steps, progress=False))
-
-    def repeat(make):
-        while True:
-            yield make()
-
+    _role(roles, 'original')
     if method == 'kl':
+        model = roles.copy('original', 'unlearned')
+
         def loss(m, b):
             """Gradient ascent plus a KL to the reference (as KGA and Yao
             et al. add), from one forward pass of each model."""
@@ -109,51 +144,53 @@ def method_runner(method, model, args):
             kl = torch.nn.functional.kl_div(logp, ref_logp, log_target=True,
                                             reduction='batchmean')
             return -nll + kl, {'nll': nll.item(), 'kl': kl.item()}
-        return (lambda s: loop(loss, repeat(lambda: forget), s)), B * T, B * T
-    if method in ('ga', 'seul', 'graddiff', 'npo'):
-        # the method's own plan, through `methods.run`
-        task = methods.Task(forget=forget, retain=retain)
-        extra = {'selector': 'current'} if method == 'seul' else {}
-        Config = methods.get(method).Config
-        trained = (2 if 'retain' in methods.get(method).NEEDS else 1) * B * T
-        return (lambda s: methods.run(method, model, task, Config(
-            lr=lr, steps=s, micro_batch=B, **extra), progress=False)), \
-            trained, 0
+
+        def forever():
+            while True:
+                yield forget
+        return (lambda s: train(model, loss, forever(), TrainConfig(
+            lr=lr, steps=s, progress=False))), B * T, B * T
+    task = methods.Task(forget=forget, retain=retain, roles=roles,
+                        original='original', tokenizer=roles.tokenizer)
+    trained, frozen = B * T, 0
+    if 'retain' in methods.get(method).NEEDS:  # a retain row per forget row
+        trained = 2 * B * T
     if method == 'loo':
-        fixed = {**forget, 'target_logprobs': frozen_logprobs(model, forget)}
-        return (lambda s: loop(loo.loo_loss, repeat(lambda: fixed), s)), \
-            B * T, 0
-    if method == 'kga':
-        f_t = {**forget, 'target_logprobs': frozen_logprobs(model, forget)}
-
-        def kga_batch():
-            r = random_batch(V, B, T)
-            r['target_logprobs'] = frozen_logprobs(model, r)
-            return {'forget': f_t, 'retain': r, 'gap': 0.1, 'alpha': 0.3}
-        return (lambda s: loop(kga.kga_loss, repeat(kga_batch), s)), \
-            2 * B * T, B * T
-    if method == 'llmu':
-        def llmu_batch():
-            normal = random_batch(V, B, T, T // 2)
-            normal['reference_logprobs'] = frozen_logprobs(model, normal)
-            return {'forget': random_batch(V, B, T, T // 2),
-                    'random': random_batch(V, 2 * B, T, T // 2),
-                    'normal': normal,
-                    'weights': {'bad': 0.5, 'random': 1.0, 'normal': 1.0}}
-        return (lambda s: loop(llmu.llmu_loss, repeat(llmu_batch), s)), \
-            4 * B * T, B * T
-    if method == 'whp':
-        labels = forget['input_ids'].clone()
+        for seed, name in enumerate(('teacher0', 'teacher1')):
+            _role(roles, name, seed)
+        task.teachers = ['teacher0', 'teacher1']
+        task.partitions = [i % 2 for i in range(B)]
+    if method == 'kga':  # A_D's distributions on each retain minibatch
+        for seed, name in enumerate(('A_f', 'A_n'), start=2):
+            _role(roles, name, seed)
+        task.new = random_batch(V, B, T)
+        frozen = B * T
+    if method == 'llmu':  # forget, K = 2 random answers and normal pairs
+        gen = torch.Generator().manual_seed(0)
+        task.forget_pairs, task.retain_pairs = (
+            [{'question': random_words(V, T // 2, gen),
+              'answer': random_words(V, T // 2, gen)} for _ in range(B)]
+            for _ in range(2))
+        trained, frozen = 4 * B * T, B * T
+    if method == 'whp':  # generic labels on half the positions
+        labels = forget['input_ids'].clone().cpu()
         labels[:, ::2] = -100
-        labelled = {**forget, 'labels': labels}
-        return (lambda s: loop(whp.whp_loss, repeat(lambda: labelled), s)), \
-            B * T, 0
-    raise ValueError(method)
+        task.labelled = [(ids.tolist(), lab) for ids, lab in
+                         zip(forget['input_ids'].cpu(), labels)]
+    model = roles.copy('original', 'unlearned')
+    Config = methods.get(method).Config
+    # every step timed: no early stop on KGA's alignment or LLMU's spike
+    given = {'lr': lr, 'micro_batch': B, 'batch_size': B,
+             'selector': 'current', 'stop_value': 0.0, 'spike_nll': 1e9}
+    known = {f.name for f in fields(Config)}
+    config = {k: v for k, v in given.items() if k in known}
+    return (lambda s: methods.run(method, model, task, Config(
+        steps=s, **config), progress=False)), trained, frozen
 
 
-def measure(method, model, args, n_params, n_train):
+def measure(method, roles, args, n_params, n_train):
     """Warm up, then time `args.steps` steps; return the report."""
-    run, trained, frozen = method_runner(method, model, args)
+    run, trained, frozen = method_runner(method, roles, args)
     run(1)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -197,16 +234,17 @@ def main():
     except WorkbenchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    model = build(profile)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    roles = build(profile)
+    n_params = sum(p.numel() for p in roles.base.parameters())
+    roles.add('original')
+    n_train = sum(p.numel() for p in roles.state('original').values())
     chosen = METHODS if args.method == "all" else [args.method]
 
     def measure_one(method):
         try:
-            return measure(method, model, args, n_params, n_train)
+            return measure(method, roles, args, n_params, n_train)
         finally:
-            model.zero_grad(set_to_none=True)
+            roles.model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
     reports = run_methods(chosen, measure_one, args.out)
     return 1 if any('failed' in r for r in reports) else 0

@@ -9,7 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench.core import models
+import torch
+
+from workbench import methods
+from workbench.core.profiles import get_profile
+from workbench.core.roles import Roles
 
 from conftest import tiny_llama
 
@@ -25,16 +29,36 @@ def gpu_7b():
     return module
 
 
-@pytest.mark.parametrize('method', ['kl', 'ga', 'seul', 'graddiff', 'npo',
-                                    'loo', 'kga', 'llmu', 'whp'])
-def test_every_method_steps_with_the_benchmark_shapes(gpu_7b, method):
-    model = models.add_lora(tiny_llama(), 4)
+@pytest.fixture(scope='module')
+def tiny_roles(gpu_7b):
+    """Roles as the benchmark makes them, on a tiny model."""
+    profile = get_profile('7b', lora_r=4)
+    return Roles(profile, progress=False, base=tiny_llama(),
+                 tokenizer=gpu_7b.word_tokenizer(64))
+
+
+def test_the_benchmark_runs_every_registered_method(gpu_7b):
+    assert gpu_7b.METHODS == ['kl', *methods.REGISTRY]
+
+
+@pytest.mark.parametrize('method', ['kl', *methods.REGISTRY])
+def test_every_method_steps_with_the_benchmark_shapes(gpu_7b, tiny_roles,
+                                                      method):
     args = SimpleNamespace(batch=2, tokens=12)
-    run, trained, frozen = gpu_7b.method_runner(method, model, args)
+    run, trained, frozen = gpu_7b.method_runner(method, tiny_roles, args)
+    before = tiny_roles.state('unlearned')
     result = run(2)
     assert result.status == 'completed' and result.steps == 2
     assert trained >= 24 and frozen >= 0
-    assert set(gpu_7b.METHODS) >= {method}
+    after = tiny_roles.state('unlearned')
+    assert any(not torch.equal(before[k], after[k]) for k in before), \
+        'the method trained the role'
+
+
+def test_the_word_tokenizer_is_one_token_a_word(gpu_7b):
+    tok = gpu_7b.word_tokenizer(64)
+    assert tok('w5 w63 hello')['input_ids'] == [5, 63, 1]
+    assert tok.pad_token_id == 0
 
 
 def test_a_failing_method_is_reported_and_the_others_still_run(

@@ -43,10 +43,15 @@ def adapter_lr(profile):
 class Roles:
     """A base causal LM with named LoRA adapters, one per role."""
 
-    def __init__(self, profile='smoke', progress=True):
+    def __init__(self, profile='smoke', progress=True, base=None,
+                 tokenizer=None):
+        """Roles on the profile's model, or on `base` (a causal LM already
+        in memory, with its `tokenizer`), which the roles then own."""
         self.profile = get_profile(profile)
         p = self.profile
-        base, self.tokenizer = models.load_causal_lm(p.model, p)
+        if base is None:
+            base, tokenizer = models.load_causal_lm(p.model, p)
+        self.tokenizer = tokenizer
         if p.gradient_checkpointing:
             base.gradient_checkpointing_enable()
             base.config.use_cache = False

@@ -119,13 +119,27 @@ def clip_gradient(model, max_norm):
     return norm
 
 
+def on_device(batch, device):
+    """`batch` (tensors in dicts, lists and tuples) with every tensor on
+    `device`: a batch built on the CPU trains a model on a GPU."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: on_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(on_device(v, device) for v in batch)
+    return batch
+
+
 def accumulate(model, terms, batches, grad_accum):
     """Backpropagate one step's `grad_accum` batches; return the step's
     loss and its logged parts. A batch with a `share` (`full_batches`)
-    weighs its loss by it, else by 1 / grad_accum."""
+    weighs its loss by it, else by 1 / grad_accum. Batches go to the
+    model's device."""
     total, parts = 0.0, {}
+    device = next(model.parameters()).device
     for _ in range(grad_accum):
-        batch = next(batches)
+        batch = on_device(next(batches), device)
         share = batch.get('share')
         for term in terms:
             out = term(model, batch)
