@@ -128,3 +128,33 @@ def test_the_registry_holds_every_lm_method():
     for name, m in methods.REGISTRY.items():
         assert m.NAME == name and m.TITLE and callable(m.plan)
         assert hasattr(m, 'Config') and isinstance(m.NEEDS, tuple)
+
+
+def test_an_import_inside_a_function_says_why():
+    """Imports belong at the top of a module; one inside a function is
+    there for memory (a large library loaded only where it is used) or an
+    optional dependency, and a comment on it, or just above its block of
+    imports, says which."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        lines = path.read_text().splitlines()
+        tree = ast.parse('\n'.join(lines))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            found = sorted((n for n in ast.walk(fn) if isinstance(
+                n, (ast.Import, ast.ImportFrom))), key=lambda n: n.lineno)
+            starts = {}  # an import -> the first line of its block
+            for before, node in zip([None] + found, found):
+                joined = before is not None and \
+                    node.lineno == before.end_lineno + 1
+                starts[node] = starts[before] if joined else node.lineno
+            for node in found:
+                first = starts[node] - 1
+                said = any('#' in lines[j] for j in range(
+                    first, node.end_lineno)) or lines[first - 1].strip() \
+                    .startswith('#')
+                if not said:
+                    unexplained.append(f'{path.relative_to(PACKAGE)}:'
+                                       f'{node.lineno}')
+    assert not unexplained, unexplained

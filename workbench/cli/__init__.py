@@ -49,6 +49,7 @@ def find_notebook(name):
 
 def run_notebook(name, profile, out, parameters=None, progress=True):
     """Execute a notebook with papermill; write it, its HTML and record."""
+    # memory: only `run` loads the notebook stack (papermill, nbconvert)
     import papermill as pm
     from nbconvert import HTMLExporter
     nb = find_notebook(name)

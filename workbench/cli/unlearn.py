@@ -3,6 +3,8 @@ import sys
 from dataclasses import asdict, fields
 from functools import partial
 
+from transformers import AutoConfig
+
 from ..core import WorkbenchError, data, models
 
 from ..core.roles import Roles
@@ -24,7 +26,6 @@ from ..core.record import Record
 def _tokenizer(args, files, profile):
     """The profile's tokenizer, once the GPU is checked, and every line
     checked against the longest text the model and profile accept."""
-    from transformers import AutoConfig
     models.check_gpu_memory(profile)
     tok = models.load_tokenizer(profile.model)
     config = AutoConfig.from_pretrained(models.resolve(profile.model).path)
@@ -75,9 +76,9 @@ def unlearn_files(args, files):
     if args.method == 'seul':  # measured on its spans (S-MA, S-EL)
         masks = _span_masks(setup, args.annotator, progress)
         n = args.span_n
-        before.update({f'forget/{k}': v for k, v in selective_forgetting.span_metrics(
-            setup, setup.model, setup.tokens['forget'], masks['forget'],
-            n).items()})
+        spans = selective_forgetting.span_metrics(
+            setup, setup.model, setup.tokens['forget'], masks['forget'], n)
+        before.update({f'forget/{k}': v for k, v in spans.items()})
         thresholds = selective_forgetting.span_metrics(
             setup, setup.model, setup.tokens['unseen'], masks['unseen'], n)
         kw = {'span_mask': masks['forget']}
@@ -98,9 +99,9 @@ def unlearn_files(args, files):
     last = people.final_metrics(result) or {}
     after = people.measure(setup, model, known=last)
     if args.method == 'seul':
-        after.update({f'forget/{k}': v for k, v in selective_forgetting.span_metrics(
-            setup, model, setup.tokens['forget'], masks['forget'],
-            n).items()})
+        spans = selective_forgetting.span_metrics(
+            setup, model, setup.tokens['forget'], masks['forget'], n)
+        after.update({f'forget/{k}': v for k, v in spans.items()})
     for k, v in after.items():
         rec.after(k, v)
     rec.claim('forgotten', people.below_thresholds(after, thresholds)
@@ -266,16 +267,17 @@ def unlearn_llmu(args, files, profile, tok, progress):
                   desc='original (forget + normal answers)')
     else:
         roles.add('original')
-    setup = llm_unlearning.HarmfulSetup(roles, {'tokens': 24}, forget, [], normal,
-                                 normal, None,
-                                 data.world_facts(profile.n_world))
+    setup = llm_unlearning.HarmfulSetup(roles, {'tokens': 24}, forget, [],
+                                        normal, normal, None,
+                                        data.world_facts(profile.n_world))
 
     def numbers(role):
         with roles.active(role) as m:
             out = {'forget/answer_nll': llmu.answer_loss(m, qa_batch(
                 tok, [r['question'] for r in forget],
                 [r['answer'] for r in forget])).item(),
-                'normal/perplexity': llm_unlearning.normal_perplexity(setup, m),
+                'normal/perplexity': llm_unlearning.normal_perplexity(setup,
+                                                                      m),
                 'world_facts/accuracy': metrics.multiple_choice_accuracy(
                     m, tok, setup.world)}
         return out
@@ -309,8 +311,9 @@ def unlearn_whp(args, files, profile, tok, progress):
     prompts = files.get('prompts', [])
     sizes = {'chapters': 0, 'epochs': args.implant_epochs or 6,
              'reinforce': 2, 'tokens': 8}
-    setup = whos_harry_potter.setup_from(profile, paragraphs, anchors, prompts, sizes,
-                             progress, implant=args.implant)
+    setup = whos_harry_potter.setup_from(profile, paragraphs, anchors,
+                                         prompts, sizes, progress,
+                                         implant=args.implant)
     before, _ = whos_harry_potter.measure(setup, 'baseline')
     config = whp.WHPConfig(**{k: v for k, v in (
         ('lr', args.lr), ('steps', args.steps)) if v}, alpha=args.alpha)

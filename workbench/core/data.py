@@ -6,6 +6,9 @@ README for source, license and fields.
 import json
 from contextlib import contextmanager
 from pathlib import Path
+import csv
+import io
+import urllib.request
 
 import torch
 
@@ -24,6 +27,7 @@ QA_TEMPLATE = 'Question: {question}\nAnswer: {answer}'
 def _quiet_datasets():
     """No `datasets` progress bars while a small shipped set is read (or
     first cached): they would land in a command's one-line error."""
+    # memory: datasets (pyarrow under it) only when a shipped set is read
     import datasets
     shown = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -36,6 +40,7 @@ def _quiet_datasets():
 
 def load(name):
     """A shipped data set as a `datasets.Dataset`."""
+    # memory: as above
     from datasets import load_dataset
     if name not in SETS:
         raise WorkbenchError(f'unknown data set {name!r}; choose one of '
@@ -284,9 +289,6 @@ def extraction_challenge(n=32, draw=0, holdout=200):
     GPT-Neo was trained on) and `holdout` documents of its
     `validation_data/pile.csv` for the thresholds. Returns rows per split,
     as `people` does."""
-    import csv
-    import io
-    import urllib.request
 
     def fetch(path):
         url = EXTRACTION_URL.format(path=path)

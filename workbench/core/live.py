@@ -11,6 +11,9 @@
 import os
 import time
 from dataclasses import fields, replace
+import html
+import inspect
+import math
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -46,7 +49,6 @@ def _widget_for(f, value):
         return widgets.Dropdown(options=meta['choices'], value=value,
                                 description=desc, style=style)
     if f.type in (float, 'float') and meta.get('log'):
-        import math
         return widgets.FloatLogSlider(
             base=10, min=math.log10(meta['min']), max=math.log10(meta['max']),
             step=0.1, readout_format='.1e', **common)
@@ -208,8 +210,8 @@ class LiveFigure:
 
 def show_source(*fns):
     """Display functions' source, highlighted (the paper's core)."""
-    import inspect
 
+    # memory: IPython's display only where something is shown
     from IPython.display import Code
     display(Code('\n\n'.join(inspect.getsource(f) for f in fns),
                  language='python'))
@@ -217,8 +219,8 @@ def show_source(*fns):
 
 def show_people(rows):
     """Display bios with their PII spans highlighted."""
-    import html
 
+    # memory: as above
     from IPython.display import HTML
     parts = []
     for r in rows:
@@ -236,6 +238,7 @@ def show_people(rows):
 
 def metrics_table(columns, thresholds=None):
     """A DataFrame of metrics, one column per named dict of values."""
+    # memory: pandas only where a table is shown
     import pandas as pd
     df = pd.DataFrame(columns)
     if thresholds:
@@ -260,6 +263,7 @@ def before_after(before, after, keys, title='Before and after'):
 def show_completions(model, tokenizer, texts, prefix_tokens=8,
                      new_tokens=20):
     """What the model says after the first words of each text (greedy)."""
+    # memory: as above
     import pandas as pd
     prefixes = [tokenizer(t)['input_ids'][:prefix_tokens] for t in texts]
     gens = greedy_continue(model, prefixes, [new_tokens] * len(texts),
@@ -279,8 +283,8 @@ def show_tokens(tokenizer, input_ids, attention_mask, selected,
                 reference=None, rows=2):
     """Display texts token by token: `selected` tokens highlighted, and
     tokens of `reference` (e.g. the true PII spans) underlined."""
-    import html
 
+    # memory: IPython's display only where something is shown
     from IPython.display import HTML
     parts = []
     for b in range(min(rows, input_ids.shape[0])):

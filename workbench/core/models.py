@@ -14,8 +14,14 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from importlib.metadata import version
+import warnings
 
 import torch
+from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from safetensors.torch import load_model
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from . import WorkbenchError
 from .fast import heap
@@ -63,8 +69,6 @@ def _offline():
 
 def _hub_available(hub_id):
     """Is `hub_id` in the local hub cache, or reachable online?"""
-    from huggingface_hub import model_info, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
     try:
         cached = try_to_load_from_cache(hub_id, 'config.json')
     except HFValidationError:  # not a hub id at all (a missing folder)
@@ -120,7 +124,6 @@ def identity(name):
     hub id."""
     found = resolve(name)
     if found.source == 'bundled':
-        from importlib.metadata import version
         pip_name = BUNDLED[name].pip_name
         return f'{pip_name}=={version(pip_name)}'
     if found.source == 'local':
@@ -178,7 +181,6 @@ def in_child(module, function, *args, relay=False):
 def _convert_smollm2_into(pkg, out):
     """The conversion itself, into the folder `out` (run by
     `_convert_smollm2` in a child)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(
         pkg, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -209,7 +211,6 @@ def check_gpu_memory(profile):
 
 def load_tokenizer(name):
     """The tokenizer of a causal LM, with a pad token and right padding."""
-    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(resolve(name).path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -223,7 +224,6 @@ def load_causal_lm(name, profile=None, weights=None):
     `weights` is an optional safetensors file (an implanted checkpoint) that
     replaces the resolved weights.
     """
-    from transformers import AutoModelForCausalLM
     heap.configure()  # the allocator's settings, before the weights land
     if profile is not None:
         check_gpu_memory(profile)
@@ -233,7 +233,6 @@ def load_causal_lm(name, profile=None, weights=None):
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
     if weights is not None:
-        from safetensors.torch import load_model
         load_model(model, str(weights))
     model.to(device)
     disable_dropout(model)
@@ -243,7 +242,6 @@ def load_causal_lm(name, profile=None, weights=None):
 
 def load_encoder(name):
     """Load an encoder (e.g. `minilm`) and its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
     heap.configure()
     path = resolve(name).path
     return (AutoModel.from_pretrained(path, use_safetensors=True).eval(),
@@ -263,8 +261,8 @@ def disable_dropout(model):
 
 def add_lora(model, r=16, alpha=None):
     """Wrap `model` with fresh LoRA adapters on every linear layer."""
-    import warnings
 
+    # memory: peft loads SciPy; only where adapters are used
     from peft import LoraConfig, get_peft_model
     # peft still calls a transformers property that now warns on every use
     warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
@@ -295,6 +293,7 @@ def keep_reference(model):
 @contextmanager
 def reference(model):
     """The frozen original of `model`: adapter disabled, or the kept copy."""
+    # memory: peft loads SciPy; only where adapters are used
     from peft import PeftModel
     if isinstance(model, PeftModel):
         with model.disable_adapter():
@@ -323,6 +322,7 @@ def load_trainable_state(model, state):
 
 def merged(model):
     """A plain transformers model: LoRA merged in, reference dropped."""
+    # memory: peft loads SciPy; only where adapters are used
     from peft import PeftModel
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()

@@ -41,9 +41,10 @@ class Profile:
     el_n: int  # n of EL_n
     el_stride: int  # 1 is the paper's exact EL_n
     max_tokens: int = 512  # longest text accepted
-    role_layers: int = 0  # adapters of `workbench.core.roles` on the top n layers
-    # only (0: every layer); backpropagating through fewer layers halves
-    # the cost of training many models on a CPU
+    # adapters of `workbench.core.roles` on the top n layers only (0: every
+    # layer); backpropagating through fewer layers halves the cost of
+    # training many models on a CPU
+    role_layers: int = 0
     min_gpu_gb: float = 0.0  # memory the profile needs on the GPU
 
     def as_dict(self):

@@ -53,6 +53,7 @@ class Record:
 
     def table(self):
         """The metrics as a pandas DataFrame (before, after, change)."""
+        # memory: pandas only where a table is shown
         import pandas as pd
         df = pd.DataFrame(self.data['metrics']).T
         df = df.reindex(columns=['before', 'after'])

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
+import warnings
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,6 +80,7 @@ class Roles:
         return [] if self.model is None else list(self.model.peft_config)
 
     def _config(self):
+        # memory: peft loads SciPy; only where adapters are used
         from peft import LoraConfig
         r, top = self.profile.lora_r, self.profile.role_layers
         if not top:
@@ -94,8 +96,8 @@ class Roles:
     def add(self, name, state=None):
         """A new adapter `name`: fresh (LoRA's B = 0, so it starts as the
         base model), or with the weights of `state`."""
-        import warnings
 
+        # memory: peft loads SciPy; only where adapters are used
         from peft import get_peft_model, set_peft_model_state_dict
         warnings.filterwarnings('ignore',
                                 message='.*is_gradient_checkpointing')
@@ -114,6 +116,7 @@ class Roles:
 
     def state(self, name):
         """A copy of the adapter weights of role `name`."""
+        # memory: peft loads SciPy; only where adapters are used
         from peft import get_peft_model_state_dict
         self._check(name)
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core import WorkbenchError
 from ..core.scoring import greedy_continue
@@ -177,7 +178,6 @@ def annotate(texts, model=None, tokenizer=None, model_name='', cache=True,
                                             model_name, False, progress))[0]
     if model is None and model_name not in ('', 'rules'):
         raise ValueError(f'{model_name!r} is not cached; pass the model')
-    from tqdm.auto import tqdm
     proposed = (llm_proposals(model, tokenizer, texts) if model is not None
                 else [[] for _ in texts])
     spans, report = [], {'llm_proposed': 0, 'rule_proposed': 0,

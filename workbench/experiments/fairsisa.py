@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
+import torch
 
 from ..core import WorkbenchError
 from ..methods import fairsisa
@@ -89,7 +91,6 @@ class ToxicitySetup:
 def setup(profile, mode=None, progress=True, rows=None):
     """Load data/toxicity (or `rows`: dicts with text, label, topic and
     split) and the shard learner for `profile`."""
-    import torch
     sizes = profile_sizes(SIZES, profile)
     mode = mode or sizes['mode']
     if mode not in ('fast', 'finetune'):
@@ -100,7 +101,8 @@ def setup(profile, mode=None, progress=True, rows=None):
     missing = {'text', 'label', 'topic', 'split'} - set(rows[0] if rows
                                                          else ())
     if missing:
-        raise WorkbenchError(f'toxicity rows need the fields {sorted(missing)}')
+        raise WorkbenchError(f'toxicity rows need the fields '
+                             f'{sorted(missing)}')
     labels = np.array([r['label'] for r in rows])
     topics = np.array([r['topic'] for r in rows])
     names = np.array([r['split'] for r in rows])
@@ -164,7 +166,6 @@ def evaluate(setup, model, group, c_fp=1.0, c_fn=1.0, votes=None):
 
 def shard_sweep(setup, shards, slices, group, seeds=(0,), progress=True):
     """EOD and accuracy of the vote and of each variant, per S and seed."""
-    from tqdm.auto import tqdm
     rows = []
     for s in tqdm(list(shards), desc='shards', disable=not progress):
         for seed in seeds:
@@ -174,5 +175,6 @@ def shard_sweep(setup, shards, slices, group, seeds=(0,), progress=True):
                              'accuracy': rep['accuracy'],
                              'equalized_odds_difference':
                                  rep['equalized_odds_difference']})
+    # memory: pandas only where a table is made
     import pandas as pd
     return pd.DataFrame(rows)

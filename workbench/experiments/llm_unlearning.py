@@ -57,6 +57,7 @@ class Judge:
     """Proxy harm judge: logistic regression on MiniLM embeddings."""
 
     def __init__(self, encoder='minilm', progress=False):
+        # memory: scikit-learn (about 75 MB) only for the judge
         from sklearn.linear_model import LogisticRegression
         self.encoder, self.tokenizer = load_encoder(encoder)
         texts, labels = self._labelled(['train', 'val'])

@@ -124,6 +124,7 @@ def trainable(setup):
     Each call starts afresh: a new LoRA adapter on the implanted base, or
     (full fine-tuning) the weights copied back from the kept original.
     """
+    # memory: peft loads SciPy; only where adapters are used
     from peft import PeftModel
     m = setup.__dict__.get('_trainable')
     if isinstance(m, PeftModel):

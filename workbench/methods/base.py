@@ -112,8 +112,8 @@ def run(method, model, task, config, callbacks=(), evaluate=None,
         guard_key='retain/perplexity', eval_every=1, progress=True,
         **options):
     """Unlearn `task` with `method` (a method's module; `methods.run`
-    takes its name) on `model` (its trainable weights: a copy of the original); returns
-    the loop's `TrainResult`.
+    takes its name) on `model` (its trainable weights: a copy of the
+    original); returns the loop's `TrainResult`.
 
     - `evaluate(model)` gives the metrics after every `eval_every` updates
       (and before the first, and after the last);

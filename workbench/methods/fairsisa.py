@@ -4,8 +4,8 @@ Kadhe, Halimi, Rawat and Baracaldo, "FairSISA: Ensemble Post-Processing to
 Improve Fairness of Unlearning in LLMs", NeurIPS 2023 SoLaR workshop,
 https://arxiv.org/abs/2312.07420
 
-SISA (`workbench.methods.sisa`) unlearns exactly by retraining one shard, but each
-shard sees 1/S of the data, and a vote of weaker models can treat groups
+SISA (`workbench.methods.sisa`) unlearns exactly by retraining one shard,
+but each shard sees 1/S of the data, and a vote of weaker models can treat groups
 less equally. Hardt, Price and Srebro (2016) make any predictor fair after
 the fact: a randomised predictor Y~ derived from a discrete signal S (the
 model's output) and the group A, with p[s, a] = P(Y~ = 1 | S = s, A = a)
@@ -96,6 +96,7 @@ def derived_predictor(signal, y, groups, n_signals, c_fp=1.0, c_fn=1.0,
     Signal values no example of a group shows take `default[s]` (they cost
     nothing on the fitting data either way).
     """
+    # memory: SciPy's LP solver only where an LP is solved
     from scipy.optimize import linprog
     signal, y = np.asarray(signal), np.asarray(y).astype(int)
     groups = np.asarray(groups)
@@ -223,6 +224,7 @@ def fairlearn_hps(predictions, y, groups, new_predictions, new_groups):
     (equalized odds, accuracy objective; `c_FP = c_FN = 1`), for a
     cross-check: fitted on (predictions, y, groups), P(Y~ = 1) returned for
     the new predictions."""
+    # memory: fairlearn and scikit-learn (about 100 MB) only for this check
     from fairlearn.postprocessing import ThresholdOptimizer
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression

@@ -23,10 +23,13 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
 
 from ..core import WorkbenchError
 from ..core.embed import mean_pool, sentence_embeddings
@@ -158,8 +161,8 @@ def default_pooling(config):
 
 def with_lora_head(backbone, lora_r=8, pooling=None):
     """LoRA adapters on every linear layer of `backbone`, a linear head."""
-    import warnings
 
+    # memory: peft loads SciPy; only where adapters are used
     from peft import LoraConfig, get_peft_model
     # peft still calls a transformers property that now warns on every use
     warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing')
@@ -176,7 +179,6 @@ def with_lora_head(backbone, lora_r=8, pooling=None):
 def load_classifier(name, lora_r=8, dtype=torch.float32,
                     gradient_checkpointing=False):
     """A `PooledClassifier` on `name`, LoRA on every linear layer."""
-    from transformers import AutoModel, AutoTokenizer
 
     info = resolve(name)
     backbone = AutoModel.from_pretrained(info.path, use_safetensors=True,
@@ -327,7 +329,6 @@ class SISA:
 
     def fit(self, callback=None, progress=True):
         """Train every shard from scratch; `callback(shard=, slice=)`."""
-        from tqdm.auto import tqdm
         start = time.perf_counter()
         for k in tqdm(range(self.config.shards), desc='SISA shards',
                       disable=not progress):

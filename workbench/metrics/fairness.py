@@ -38,6 +38,7 @@ def _expanded(y, pred, groups):
 
 def group_rates(y, pred, groups):
     """Per-group TPR, FPR, accuracy and size, as a pandas DataFrame."""
+    # memory: fairlearn and scikit-learn only for the fairness metrics
     from fairlearn.metrics import (MetricFrame, count, false_positive_rate,
                                    true_positive_rate)
     from sklearn.metrics import accuracy_score
@@ -56,6 +57,7 @@ def group_rates(y, pred, groups):
 
 def fairness_report(y, pred, groups):
     """Accuracy, balanced accuracy, EOD, AOD and per-group TPR/FPR."""
+    # memory: as above
     from fairlearn.metrics import equalized_odds_difference
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
     yy, pp, gg, w = _expanded(y, pred, groups)

@@ -113,7 +113,7 @@ def generate_answers(model, tokenizer, questions, max_new_tokens=32):
 def rouge_l_recall(predictions, references, measure='recall'):
     """ROUGE-L recall (or `measure`: 'precision', 'fmeasure') of each
     prediction against its reference."""
-    from rouge_score import rouge_scorer  # only where ROUGE is used
+    from rouge_score import rouge_scorer  # memory: nltk under it
     scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
     return np.array([getattr(scorer.score(r, p)['rougeL'], measure)
                      for p, r in zip(predictions, references)])

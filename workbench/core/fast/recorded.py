@@ -29,6 +29,7 @@ def row_key(ids, am):
 def _adapters(model):
     """What decides `model`'s forward pass besides its weights: the active
     adapters and whether they are switched off (`models.reference`)."""
+    # memory: peft loads SciPy; only where adapters are used
     from peft.tuners.tuners_utils import BaseTunerLayer
     for m in model.modules():
         if isinstance(m, BaseTunerLayer):

@@ -81,6 +81,7 @@ class FrozenTrunk:
     def _frozen(self):
         """Whether the bottom layers are the pretrained ones: nothing in
         them trains, and no adapter sits in them."""
+        # memory: peft loads SciPy; only where adapters are used
         from peft.tuners.tuners_utils import BaseTunerLayer
         embed = self.decoder.get_input_embeddings()
         return not (any(p.requires_grad for p in embed.parameters()) or any(
