@@ -1,5 +1,8 @@
 """Shared test fixtures: hand-built models with known answers, and a tiny
 randomly initialised model of SmolLM2's architecture."""
+import os
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -125,6 +128,10 @@ def smoke_record(tmp_path, monkeypatch):
     def run(name, parameters=None):
         path = run_notebook(name, 'smoke', tmp_path, parameters,
                             progress=False)
+        keep = os.environ.get('WORKBENCH_KEEP_RECORDS')
+        if keep:  # to compare one version's numbers with another's
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(keep) / path.name)
         return json.loads(path.read_text())
     return run
 
