@@ -64,6 +64,20 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(cache, tmp_path, capsys,
     assert disk.cached('things', 'k', _counting(counter), _read)[1]
 
 
+def test_running_out_of_memory_while_loading_keeps_the_entry(cache,
+                                                            tmp_path):
+    counter = tmp_path / 'builds'
+    counter.mkdir()
+    disk.cached('things', 'k', _counting(counter), _read)
+
+    def load(folder):
+        raise MemoryError
+    with pytest.raises(MemoryError):
+        disk.cached('things', 'k', _counting(counter), load)
+    assert disk.is_cached('things', 'k')
+    assert len(list(counter.iterdir())) == 1
+
+
 def test_a_failed_build_leaves_nothing(cache):
     def build(folder):
         (folder / 'half.txt').write_text('half')

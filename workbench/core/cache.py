@@ -85,6 +85,11 @@ def is_cached(kind, key):
     return path.is_dir() and _problem(path) is None
 
 
+def _out_of_memory(error):
+    return isinstance(error, MemoryError) or 'OutOfMemory' in type(
+        error).__name__
+
+
 def _discard(path, kind, why):
     print(f'{kind} cache entry {path.name}: {why}; rebuilding',
           file=sys.stderr, flush=True)
@@ -106,6 +111,8 @@ def cached(kind, key, build, load):
                 try:
                     return load(path), True
                 except Exception as e:  # a file that no longer loads
+                    if _out_of_memory(e):  # the entry is fine; memory is not
+                        raise
                     why = f'it does not load ({type(e).__name__}: {e})'
             _discard(path, kind, why)
         tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
