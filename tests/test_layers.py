@@ -122,12 +122,27 @@ def test_each_layer_is_a_folder(name):
 
 
 def test_the_registry_holds_every_lm_method():
+    """Every method module (one with a NAME) is registered, in ORDER, with
+    the whole interface: adding a method is its file and its tests, and
+    nothing here changes."""
+    from dataclasses import fields
+
     from workbench import methods
-    assert list(methods.REGISTRY) == ['ga', 'seul', 'graddiff', 'npo',
-                                      'loo', 'kga', 'llmu', 'whp']
+    from workbench.methods.base import Task
+    assert {'ga', 'seul', 'graddiff', 'npo', 'loo', 'kga', 'llmu',
+            'whp'} <= set(methods.REGISTRY)
+    files = {p.stem for p in (PACKAGE / 'methods').glob('*.py')
+             if '\nNAME = ' in p.read_text()}
+    assert files == {m.__name__.rpartition('.')[2]
+                     for m in methods.REGISTRY.values()}
+    orders = [m.ORDER for m in methods.REGISTRY.values()]
+    assert orders == sorted(set(orders)), 'distinct ORDERs, in order'
+    task_fields = {f.name for f in fields(Task)}
     for name, m in methods.REGISTRY.items():
         assert m.NAME == name and m.TITLE and callable(m.plan)
-        assert hasattr(m, 'Config') and isinstance(m.NEEDS, tuple)
+        assert isinstance(m.NEEDS, tuple) and set(m.NEEDS) <= task_fields
+        assert isinstance(m.HELPERS, tuple)
+        m.Config()  # every field has a default
 
 
 def test_an_import_inside_a_function_says_why():
