@@ -88,6 +88,19 @@ def test_a_failed_build_leaves_nothing(cache):
     assert list(disk.entry_path('things', 'k').parent.iterdir()) == []
 
 
+def test_what_a_cut_short_build_left_is_cleared(cache, tmp_path):
+    left = disk.entry_path('things', 'k').with_name('k.12345.tmp')
+    left.mkdir(parents=True)
+    (left / 'half.txt').write_text('half')
+    other = disk.entry_path('things', 'k2').with_name('k2.12345.tmp')
+    other.mkdir()
+    counter = tmp_path / 'builds'
+    counter.mkdir()
+    assert disk.cached('things', 'k', _counting(counter), _read)[0] == 'built'
+    assert not left.exists()
+    assert other.exists(), "another entry's build is left alone"
+
+
 def test_json_values_come_back_equal(cache):
     value = {'MA': 0.5, 'EL_10': [0.1, 0.2]}
     assert disk.cached_json('measured', 'm', lambda: value) == (value, False)

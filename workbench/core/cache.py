@@ -115,8 +115,11 @@ def cached(kind, key, build, load):
                         raise
                     why = f'it does not load ({type(e).__name__}: {e})'
             _discard(path, kind, why)
+        # under the lock no one else builds this entry: any temporary
+        # folder of it is what a build cut short left behind
+        for stale in path.parent.glob(f'{path.name}.*.tmp'):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             value = build(tmp)
