@@ -3,12 +3,12 @@
 Every set is a JSONL file loaded through `datasets`; see each folder's
 README for source, license and fields.
 """
-import json
-from contextlib import contextmanager
-from pathlib import Path
 import csv
 import io
+import json
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 

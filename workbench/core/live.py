@@ -8,17 +8,18 @@
   an Output widget where it does not. Headless (`WORKBENCH_HEADLESS=1`), it
   draws one static figure at the end, which survives export to HTML.
 """
-import os
-import time
-from dataclasses import fields, replace
 import html
 import inspect
 import math
+import os
+import time
+from dataclasses import fields, replace
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
+from IPython.display import HTML, Code, display
 from plotly.subplots import make_subplots
+
 from .scoring import greedy_continue
 
 
@@ -210,18 +211,12 @@ class LiveFigure:
 
 def show_source(*fns):
     """Display functions' source, highlighted (the paper's core)."""
-
-    # memory: IPython's display only where something is shown
-    from IPython.display import Code
     display(Code('\n\n'.join(inspect.getsource(f) for f in fns),
                  language='python'))
 
 
 def show_people(rows):
     """Display bios with their PII spans highlighted."""
-
-    # memory: as above
-    from IPython.display import HTML
     parts = []
     for r in rows:
         text, out, last = r['text'], [], 0
@@ -283,9 +278,6 @@ def show_tokens(tokenizer, input_ids, attention_mask, selected,
                 reference=None, rows=2):
     """Display texts token by token: `selected` tokens highlighted, and
     tokens of `reference` (e.g. the true PII spans) underlined."""
-
-    # memory: IPython's display only where something is shown
-    from IPython.display import HTML
     parts = []
     for b in range(min(rows, input_ids.shape[0])):
         out = []

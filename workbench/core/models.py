@@ -11,11 +11,11 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from importlib.metadata import version
-import warnings
+from pathlib import Path
 
 import torch
 from huggingface_hub import model_info, try_to_load_from_cache

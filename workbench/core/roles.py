@@ -18,8 +18,8 @@ import hashlib
 import json
 import math
 import time
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 import torch
+from tqdm.auto import tqdm
 
 from ..core import WorkbenchError
 from ..methods import fairsisa

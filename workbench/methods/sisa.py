@@ -22,8 +22,8 @@ import copy
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
