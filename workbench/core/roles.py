@@ -14,7 +14,6 @@ only the active adapter trainable, so switching roles also switches which
 weights an optimizer can move: compute frozen roles' outputs first, then
 switch to the trainable role for its forward and backward pass.
 """
-import hashlib
 import json
 import math
 import time
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from . import WorkbenchError, models
 from .data import bucketed_batches, tokenize
 from .fast.trunk import FrozenTrunk
-from .cache import cached
+from .cache import cached, key_of
 from .profiles import get_profile
 from .scoring import logprobs, memorization_accuracy, token_nll
 from .train import TrainConfig, train
@@ -180,8 +179,7 @@ class Roles:
                 'seed': seed, 'r': p.lora_r, 'layers': p.role_layers,
                 'dtype': p.dtype,
                 'batch_size': p.batch_size}
-        blob = json.dumps(spec, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return key_of(spec)
 
     def fit(self, name, texts, epochs, lr=None, seed=0, desc=None,
             start=None):
