@@ -1,5 +1,5 @@
-"""The comparison's two modern baselines, GradDiff and NPO, checked against
-hand computations on a tiny model."""
+"""The comparison's modern baselines, GradDiff and NPO, checked against
+hand computations on a tiny model (SimNPO and RMU: their own files)."""
 import contextlib
 import math
 
@@ -116,7 +116,7 @@ def test_baselines_need_a_retain_set_and_sane_configs():
         graddiff.GradDiffConfig(retain_weight=-1)
 
 
-def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys,
+def test_cli_needs_retain_for_the_baselines(tmp_path, capsys,
                                                monkeypatch):
     from workbench.core import models
     from workbench.cli import main
@@ -126,7 +126,7 @@ def test_cli_needs_retain_for_graddiff_and_npo(tmp_path, capsys,
     monkeypatch.setattr(models, 'load_tokenizer', load)
     f = tmp_path / 'f.jsonl'
     f.write_text('{"text": "Ada Quill was born in Port Avon."}\n')
-    for method in ('graddiff', 'npo'):
+    for method in ('graddiff', 'npo', 'simnpo', 'rmu'):
         assert main(['unlearn', '--method', method, '--forget', str(f),
                      '--profile', 'smoke']) == 2
         assert f'--method {method} needs --retain' in \

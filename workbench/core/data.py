@@ -312,16 +312,21 @@ def prompt_of(question):
     return QA_TEMPLATE.format(question=question, answer='').rstrip()
 
 
-def qa_batch(tokenizer, questions, answers):
+def qa_batch(tokenizer, questions, answers, eos=False):
     """Token ids of prompt + ' ' + answer, and a mask of the answer tokens.
 
     Prompt and answer are tokenised apart and joined, so the boundary is
-    exact.
+    exact. With `eos`, each answer ends with the tokenizer's end-of-sequence
+    token, as TOFU's and OpenUnlearning's answers do: `target_mask` then
+    covers the answer and its EOS, and `answer_mask` the answer alone (the
+    tokens OpenUnlearning's per-token metrics read).
     """
     rows, targets = [], []
     for q, a in zip(questions, answers):
         p = tokenizer(prompt_of(q))['input_ids']
         t = tokenizer(' ' + a)['input_ids']
+        if eos:
+            t = t + [tokenizer.eos_token_id]
         rows.append(p + t)
         targets.append([0] * len(p) + [1] * len(t))
     width = max(map(len, rows))
@@ -332,7 +337,12 @@ def qa_batch(tokenizer, questions, answers):
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
         target[i, :len(t)] = torch.tensor(t)
-    return {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
+    out = {'input_ids': ids, 'attention_mask': mask, 'target_mask': target}
+    if eos:  # every row ends with its EOS
+        answer = target.clone()
+        answer[torch.arange(len(rows)), mask.sum(1) - 1] = 0
+        out['answer_mask'] = answer
+    return out
 
 
 def right_padded(seqs):

@@ -6,13 +6,15 @@ One base model holds every model as a LoRA role (`workbench.core.roles`):
 setting, with the workbench's synthetic people); `retrained`, the oracle,
 learned the retain people only. The forget set is the forget people's
 Q&A pairs; the methods that unlearn tokens do so on the answers (TOFU's
-convention), and every forget metric is taken on the answers too. Each
+convention), and every forget metric is taken on the answers too, each
+answer closed by the end-of-sequence token as in OpenUnlearning. Each
 method starts from a copy of `original` and gets the same budget: the
 same number of updates, the same learning rate, the same stopping rule
 (forget MA at the level of people the original never saw, Jang et al.'s
 threshold) and the same divergence guard (retain perplexity). Every
-model is then measured with OpenUnlearning's metrics, and probed for
-relearning.
+model is then measured with OpenUnlearning's metrics, computed as its
+code computes them (`DIFFERENCES` lists where the workbench's setting
+differs from TOFU's), and probed for relearning.
 
 The frozen models some methods need are roles too: the leave-one-out
 teachers (one per partition of the people), KGA's A_f (the forget people)
@@ -30,7 +32,8 @@ from ..core import WorkbenchError, data
 
 from .. import metrics
 from .. import methods
-from ..metrics.qa import generate_answers, qa_batch
+from ..metrics.qa import (generate_answers, normalised_probability,
+                          qa_batch, truth_ratio_probs)
 from ..core.profiles import get_profile
 from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
@@ -38,12 +41,25 @@ from ..core.roles import Roles
 METHODS = tuple(methods.REGISTRY)  # every registered LM method
 _LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
            'graddiff': 'GradDiff', 'npo': 'NPO', 'loo': 'leave-one-out (02)',
-           'kga': 'KGA (04)', 'llmu': 'LLMU (05)', 'whp': "WHP (06)"}
+           'kga': 'KGA (04)', 'llmu': 'LLMU (05)', 'whp': "WHP (06)",
+           'simnpo': 'SimNPO', 'rmu': 'RMU'}
 LABELS = {m: _LABELS.get(m, m) for m in METHODS}
 # what the comparison sets beyond the budget: SeUL on the personal details
 # (the annotated spans), LLMU with 2 random answers per update
 SETTINGS = {'seul': {'spans': 'annotated'}, 'llmu': {'random_answers': 2}}
 ANSWER_TOKENS = 24  # greedy answer length (the answers have 10-20 tokens)
+MIA_ATTACKS = ('loss', 'zlib', 'min_k', 'min_k++', 'ref')
+# where the comparison's measurement differs from OpenUnlearning's TOFU
+# evaluation, on purpose; the notebook shows these and the record keeps them
+DIFFERENCES = [
+    'Model Utility is the harmonic mean of 6 numbers, not 9: the retain and '
+    'world-facts probability, ROUGE-L recall and truth ratio; the workbench '
+    'has no real-authors set.',
+    f'Greedy answers (ROUGE) are at most {ANSWER_TOKENS} tokens long, not '
+    '200: every answer here has fewer than 24.',
+    "The prompt is the workbench's plain Q&A template, not a chat template.",
+    "The reference attack's reference model is the retrained oracle.",
+]
 # people per split (4 Q&A pairs each); `utility_qa` retain pairs and
 # `world` world_facts questions measure utility
 SIZES = {
@@ -87,9 +103,12 @@ class Budget:
                                  f'relearn_steps >= 0, got {self}')
 
 
-def person_texts(person):
-    """A person's Q&A pairs, as training texts."""
-    return [data.qa_text(q['question'], q['answer']) for q in person['qa']]
+def person_texts(person, eos=''):
+    """A person's Q&A pairs, as training texts, each ended by `eos` (the
+    tokenizer's end-of-sequence token: OpenUnlearning's models learn to
+    end an answer)."""
+    return [data.qa_text(q['question'], q['answer']) + eos
+            for q in person['qa']]
 
 
 def pii_spans(text, person):
@@ -145,7 +164,7 @@ class CompareSetup:
     sizes: dict
     people: dict  # split -> people rows
     texts: dict  # split -> training texts
-    tokens: dict  # split -> tokenised texts
+    tokens: dict  # split -> tokenised Q&A pairs (`qa_batch`, with EOS)
     qa: dict  # split -> Q&A items
     world: list
     span_mask: torch.Tensor  # forget tokens holding personal details
@@ -154,6 +173,9 @@ class CompareSetup:
     anchors: list
     thresholds: dict  # forget MA of people the original never saw
     guard_bound: float  # retain perplexity that stops a run
+    # the oracle's token_stats of the forget and holdout answers (the
+    # reference attack's)
+    reference_stats: list = None
     results: dict = field(default_factory=dict)  # role -> measurement
 
     @property
@@ -172,14 +194,15 @@ def setup(profile='smoke', progress=True, **sizes):
               'retain': data.people('retain', s['retain']),
               'holdout': unseen[:s['holdout']],
               'new': unseen[s['holdout']:]}
-    texts = {k: [t for r in v for t in person_texts(r)]
+    roles = Roles(p, progress)
+    tok = roles.tokenizer
+    texts = {k: [t for r in v for t in person_texts(r, tok.eos_token)]
              for k, v in people.items()}
     qa = {k: [dict(q) for r in v for q in r['qa']]
           for k, v in people.items()}
-    roles = Roles(p, progress)
-    tok = roles.tokenizer
     tokens = {k: qa_batch(tok, [q['question'] for q in v],
-                          [q['answer'] for q in v]) for k, v in qa.items()}
+                          [q['answer'] for q in v], eos=True)
+              for k, v in qa.items()}
     roles.fit('original', texts['forget'] + texts['retain'], s['epochs'],
               desc='original (forget + retain people)')
     roles.fit('retrained', texts['retain'], s['epochs'],
@@ -187,20 +210,24 @@ def setup(profile='smoke', progress=True, **sizes):
     # leave-one-out: the people dealt round-robin into disjoint partitions
     teachers = [f'teacher{j}' for j in range(s['teachers'])]
     partitions = [i % len(teachers) for i, r in enumerate(people['forget'])
-                  for _ in person_texts(r)]
+                  for _ in r['qa']]
     span_mask = detail_mask(tok, people['forget'], tokens['forget'])
     with roles.active('original') as m:
         h = tokens['holdout']
         thresholds = {'MA': metrics.memorization_accuracy(
             m, h['input_ids'], h['attention_mask'],
-            h['target_mask']).mean().item()}
+            h['answer_mask']).mean().item()}
         r = tokens['retain']
         bound = 3 * metrics.perplexity(m, r['input_ids'], r['attention_mask'])
+    with roles.active('retrained') as m:
+        reference = [metrics.token_stats(m, d['input_ids'],
+                                         d['attention_mask'])
+                     for d in (tokens['forget'], tokens['holdout'])]
     return CompareSetup(roles, s, people, texts, tokens, qa,
                         data.world_facts(s['world']), span_mask, partitions,
                         teachers, anchors_for(people['forget'],
                                               people['holdout']),
-                        thresholds, bound)
+                        thresholds, bound, reference)
 
 
 def helper_roles(setup, method):
@@ -213,7 +240,8 @@ def helper_roles(setup, method):
         todo = []
         for j, name in enumerate(setup.teachers):
             part = [t for i, r in enumerate(everyone)
-                    if i % len(setup.teachers) == j for t in person_texts(r)]
+                    if i % len(setup.teachers) == j
+                    for t in person_texts(r, setup.tokenizer.eos_token)]
             todo.append((name, part, s['epochs'], None, f'teacher {j}'))
     elif method == 'kga':
         todo = [('A_f', texts['forget'], s['epochs'], None, 'KGA A_f'),
@@ -237,7 +265,7 @@ def step_metrics(setup, model):
     stats = metrics.token_stats(model, r['input_ids'], r['attention_mask'])
     return {'forget/MA': metrics.memorization_accuracy(
                 model, f['input_ids'], f['attention_mask'],
-                f['target_mask']).mean().item(),
+                f['answer_mask']).mean().item(),
             'retain/perplexity': metrics.perplexity(model, r['input_ids'],
                                                     stats=stats)}
 
@@ -289,51 +317,93 @@ def unlearn(setup, method, budget, callbacks=(), progress=True):
 
 
 def answer_metrics(model, batch):
-    """Mean Extraction Strength and MA of the answers of a `qa_batch`,
-    from one forward pass."""
+    """Mean Extraction Strength and Exact Memorization (MA) of the answers
+    of a `qa_batch` (their own tokens, not the EOS, as OpenUnlearning's
+    per-token metrics read them), from one forward pass."""
     stats = metrics.token_stats(model, batch['input_ids'],
                                 batch['attention_mask'])
     args = (model, batch['input_ids'], batch['attention_mask'],
-            batch['target_mask'])
+            batch['answer_mask'])
     es = metrics.extraction_strength(*args, stats=stats)
     ma = metrics.memorization_accuracy(*args, stats=stats)
     return {'ES': es.mean().item(), 'MA': ma.mean().item()}
 
 
+def qa_metrics(model, tokenizer, questions, answers, correct, wrong,
+               normalised=False):
+    """TOFU's three numbers of a Q&A set: the probability of the answers
+    (with `normalised`, against the wrong options: real authors and world
+    facts), the ROUGE-L recall of greedy answers, and the raw truth ratios
+    (`correct` against `wrong`); with the answers generated."""
+    if normalised:
+        prob = normalised_probability(model, tokenizer, questions, answers,
+                                      wrong, eos=True)
+    else:
+        prob = metrics.answer_probability(model, tokenizer, questions,
+                                          answers, eos=True).numpy()
+    generated = generate_answers(model, tokenizer, questions, ANSWER_TOKENS)
+    right, bad = truth_ratio_probs(model, tokenizer, questions, correct,
+                                   wrong, eos=True)
+    return {'probability': float(prob.mean()),
+            'ROUGE': float(metrics.rouge_l_recall(generated, answers).mean()),
+            'right': right, 'wrong': bad, 'ratios': bad / (right + 1e-10),
+            'answers': generated}
+
+
 def measure(setup, role):
-    """OpenUnlearning-comparable numbers of role `role` (None: the base
-    model, which never saw any of the people), and the forget truth
-    ratios (for Forget Quality)."""
+    """OpenUnlearning's numbers of role `role` (None: the base model, which
+    never saw any of the people), and the forget truth ratios (for Forget
+    Quality) and greedy answers."""
     tok, n = setup.tokenizer, setup.sizes['utility_qa']
     f, h = setup.tokens['forget'], setup.tokens['holdout']
-    fqa, rqa = setup.qa['forget'], setup.qa['retain'][:n]
+    fqa, rqa, world = setup.qa['forget'], setup.qa['retain'][:n], setup.world
+
+    def tofu(items):  # TOFU's Q&A items: paraphrased and perturbed answers
+        return qa_metrics(m, tok, [q['question'] for q in items],
+                          [q['answer'] for q in items],
+                          [q['paraphrased_answer'] for q in items],
+                          [q['perturbed_answers'] for q in items])
+
     out = {}
     with setup.roles.active(role) as m:
         out.update({f'forget/{k}': v for k, v in answer_metrics(m, f).items()})
-        ratios = metrics.truth_ratios(m, tok, fqa)
-        out['forget/truth_ratio'] = metrics.truth_ratio(ratios, forget=True)
-        answers = generate_answers(m, tok, [q['question'] for q in fqa],
-                                   ANSWER_TOKENS)
-        out['forget/ROUGE'] = metrics.rouge_l_recall(
-            answers, [q['answer'] for q in fqa]).mean()
-        qs = [q['question'] for q in rqa]
-        utility = {
-            'retain/probability': metrics.answer_probability(
-                m, tok, qs, [q['answer'] for q in rqa]).mean().item(),
-            'retain/ROUGE': metrics.rouge_l_recall(generate_answers(
-                m, tok, qs, ANSWER_TOKENS), [q['answer'] for q in rqa]
-            ).mean(),
-            'retain/truth_ratio': metrics.truth_ratio(
-                metrics.truth_ratios(m, tok, rqa), forget=False),
-            'world_facts/accuracy': metrics.multiple_choice_accuracy(
-                m, tok, setup.world)}
+        forget = tofu(fqa)
+        out['forget/probability'] = forget['probability']
+        out['forget/ROUGE'] = forget['ROUGE']
+        out['forget/truth_ratio'] = metrics.truth_ratio(forget['ratios'],
+                                                        forget=True)
+        out['forget/truth_ratio_prob_mean'] = metrics.truth_ratio_prob_mean(
+            forget['right'], forget['wrong'])
+        retain = tofu(rqa)
+        wrong = [[c for j, c in enumerate(w['choices']) if j != w['label']]
+                 for w in world]
+        answers = [w['choices'][w['label']] for w in world]
+        facts = qa_metrics(m, tok, [w['question'] for w in world], answers,
+                           answers, wrong, normalised=True)
+        utility = {}
+        for name, r in (('retain', retain), ('world_facts', facts)):
+            utility[f'{name}/probability'] = r['probability']
+            utility[f'{name}/ROUGE'] = r['ROUGE']
+            utility[f'{name}/truth_ratio'] = metrics.truth_ratio(
+                r['ratios'], forget=False)
         out.update(utility)
         out['model_utility'] = metrics.model_utility(utility.values())
         r = setup.tokens['retain']
         out['retain/perplexity'] = metrics.perplexity(m, r['input_ids'],
                                                       r['attention_mask'])
-        out['mia/AUC'] = metrics.mia_auc(m, f, h, 'min_k')
-    return out, {'ratios': ratios, 'answers': answers}
+        sets = [dict(d, texts=answer_texts(tok, d)) for d in (f, h)]
+        aucs = metrics.mia_aucs(m, *sets, MIA_ATTACKS,
+                                reference_stats=setup.reference_stats)
+        out.update({f'mia/{a}': v for a, v in aucs.items()})
+    return out, {'ratios': forget['ratios'], 'answers': forget['answers']}
+
+
+def answer_texts(tokenizer, batch):
+    """The answer text of each row of a `qa_batch` (its target tokens
+    decoded without special tokens, as OpenUnlearning's zlib attack reads
+    it)."""
+    return [tokenizer.decode(ids[t.bool()], skip_special_tokens=True)
+            for ids, t in zip(batch['input_ids'], batch['target_mask'])]
 
 
 def relearn(setup, role, steps, lr=None):
@@ -345,10 +415,10 @@ def relearn(setup, role, steps, lr=None):
     roles = setup.roles
     half = len(setup.people['forget']) // 2 or 1
     seen = [t for r in setup.people['forget'][:half]
-            for t in person_texts(r)]
+            for t in person_texts(r, setup.tokenizer.eos_token)]
     rest = [q for r in setup.people['forget'][half:] for q in r['qa']]
     probe = qa_batch(setup.tokenizer, [q['question'] for q in rest],
-                     [q['answer'] for q in rest])
+                     [q['answer'] for q in rest], eos=True)
     with roles.active(role) as m:
         out = {'before': answer_metrics(m, probe)}
     model = roles.finetune(role, 'relearn', seen, steps, lr)
@@ -377,8 +447,9 @@ def compare(setup, budget, callbacks=(), progress=True):
     for role, row in rows.items():
         row['forget_quality'] = metrics.forget_quality(
             setup.results[role]['ratios'], oracle)
-        row['privleak'] = metrics.privleak(row['mia/AUC'],
-                                           rows['retrained']['mia/AUC'])
+        # TOFU's PrivLeak: on the Min-K% attack's AUC
+        row['privleak'] = metrics.privleak(row['mia/min_k'],
+                                           rows['retrained']['mia/min_k'])
     if budget.relearn_steps:
         for role in ('retrained', *budget.methods):
             probe = relearn(setup, role, budget.relearn_steps)

@@ -16,8 +16,10 @@ from .divergence import lpd_pdlp, token_jsd, token_kl
 from .likelihood import (mia_auc, mia_aucs, mia_scores, perplexity,
                          sequence_nll)
 from .qa import (answer_probability, forget_quality, generate_answers,
-                 model_utility, multiple_choice_accuracy, privleak,
-                 rouge_l_recall, truth_ratio, truth_ratios)
+                 model_utility, multiple_choice_accuracy,
+                 normalised_probability, privleak, rouge_l_recall,
+                 truth_ratio, truth_ratio_prob_mean, truth_ratio_probs,
+                 truth_ratios)
 from .spans import (char_precision_recall, selective_extraction_likelihood,
                     selective_memorization_accuracy, span_mask)
 
@@ -28,8 +30,10 @@ __all__ = [
     'forgetting_thresholds', 'generate_answers', 'greedy_continue',
     'lpd_pdlp', 'memorization_accuracy', 'mia_auc',
     'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
-    'overlap', 'perplexity', 'privleak', 'rouge_l_recall',
+    'normalised_probability', 'overlap', 'perplexity', 'privleak',
+    'rouge_l_recall',
     'selective_extraction_likelihood', 'selective_memorization_accuracy',
     'sequence_nll', 'span_mask', 'token_jsd', 'token_kl', 'token_stats',
-    'truth_ratio', 'truth_ratios',
+    'truth_ratio', 'truth_ratio_prob_mean', 'truth_ratio_probs',
+    'truth_ratios',
 ]

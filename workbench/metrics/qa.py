@@ -1,14 +1,25 @@
-"""Question-answer metrics with OpenUnlearning's definitions (TOFU, MUSE).
+"""Question-answer metrics with OpenUnlearning's definitions (TOFU, MUSE),
+as its code computes them (`src/evals/metrics/` of locuslab/open-unlearning).
 
-- answer probability: exp(-mean NLL of the answer tokens given the question)
-- Truth Ratio: P_norm(perturbed) / P_norm(paraphrased), each the
-  length-normalised probability, the perturbed ones combined through their
-  mean NLL; on forget data min(TR, 1/TR) (closer to 1 is better), elsewhere
-  max(0, 1 - TR)
+With `eos=True` each answer ends with the end-of-sequence token, as
+OpenUnlearning's answers do, and the averages below run over it too.
+
+- answer probability: exp(-mean NLL of the answer tokens given the
+  question), per question
+- normalised probability (for answers with options):
+  P(correct) / (P(correct) + sum of P(wrong)), each length-normalised
+- Truth Ratio: TR = P_norm(wrong) / P_norm(correct), the correct answer
+  paraphrased (TOFU), the wrong ones combined through their mean NLL; on
+  forget data mean of min(TR, 1/TR) (closer to 1 is better), elsewhere
+  mean of max(0, 1 - TR); OpenUnlearning's newer variant is the mean of
+  P_norm(correct) / (P_norm(correct) + P_norm(wrong))
 - Forget Quality: p-value of a two-sample KS test between the truth ratios
   of the unlearned model and of a model retrained without the forget set
 - Model Utility: harmonic mean of utility numbers
-- PrivLeak (MUSE): (AUC_unlearned - AUC_retrained) / AUC_retrained x 100
+- PrivLeak (MUSE, on OpenUnlearning's AUC convention, where 1 means the
+  forget set looks seen): ((1 - AUC) - (1 - AUC_retrained))
+  / (1 - AUC_retrained) x 100; negative when the forget set looks more
+  seen than to the retrained model
 """
 import numpy as np
 import torch
@@ -17,17 +28,19 @@ from ..core.data import prompt_of, qa_batch  # noqa: F401 (qa_batch: the metrics
 from ..core.scoring import continuation_logprobs, greedy_continue
 
 
-def answer_logprobs(model, tokenizer, questions, answers):
+def answer_logprobs(model, tokenizer, questions, answers, eos=False):
     """log p of each answer token given its question (tokenised as
-    `qa_batch` does), one 1-D tensor per (question, answer) pair; each
-    distinct question is encoded once, however many answers it has."""
+    `qa_batch` does, with the EOS token closing each answer when `eos`),
+    one 1-D tensor per (question, answer) pair; each distinct question is
+    encoded once, however many answers it has."""
+    end = [tokenizer.eos_token_id] if eos else []
     prompts, conts, where = {}, {}, []
     for q, a in zip(questions, answers):
         if q not in prompts:
             prompts[q] = tokenizer(prompt_of(q))['input_ids']
             conts[q] = []
         where.append((q, len(conts[q])))
-        conts[q].append(tokenizer(' ' + a)['input_ids'])
+        conts[q].append(tokenizer(' ' + a)['input_ids'] + end)
     keys = list(prompts)
     lps = continuation_logprobs(model, [prompts[q] for q in keys],
                                 [conts[q] for q in keys])
@@ -35,10 +48,11 @@ def answer_logprobs(model, tokenizer, questions, answers):
     return [by_q[q][k] for q, k in where]
 
 
-def answer_nll(model, tokenizer, questions, answers):
-    """Mean NLL per answer token of each answer given its question, (N,)."""
+def answer_nll(model, tokenizer, questions, answers, eos=False):
+    """Mean NLL per answer token of each answer given its question, (N,)
+    (OpenUnlearning's `avg_loss`)."""
     return torch.stack([-lp.mean() for lp in answer_logprobs(
-        model, tokenizer, questions, answers)])
+        model, tokenizer, questions, answers, eos)])
 
 
 def answer_perplexity(model, tokenizer, questions, answers):
@@ -48,32 +62,74 @@ def answer_perplexity(model, tokenizer, questions, answers):
     return float(torch.exp(-lp.mean()))
 
 
-def answer_probability(model, tokenizer, questions, answers):
-    """exp(-mean answer NLL) per question, (N,)."""
-    return torch.exp(-answer_nll(model, tokenizer, questions, answers))
+def answer_probability(model, tokenizer, questions, answers, eos=False):
+    """exp(-mean answer NLL) per question, (N,) (OpenUnlearning's `prob`;
+    its `probability` metric is their mean)."""
+    return torch.exp(-answer_nll(model, tokenizer, questions, answers, eos))
 
 
-def truth_ratios(model, tokenizer, qa):
-    """Raw truth ratio of each Q&A item (with paraphrased and perturbed
-    answers), as a numpy array."""
-    qs = [r['question'] for r in qa]
-    correct = answer_nll(model, tokenizer, qs,
-                         [r['paraphrased_answer'] for r in qa])
-    k = len(qa[0]['perturbed_answers'])
-    wrong = answer_nll(model, tokenizer,
-                       [q for q in qs for _ in range(k)],
-                       [a for r in qa for a in r['perturbed_answers']])
-    wrong = wrong.view(len(qa), k).mean(1)
-    return (torch.exp(-wrong) / (torch.exp(-correct) + 1e-10)).numpy()
+def option_probabilities(model, tokenizer, questions, correct, wrong,
+                         eos=False):
+    """P_norm of each question's correct answer, (N,), and of its wrong
+    answers, (N, k), each exp(-mean NLL of its tokens); `wrong` holds k
+    wrong answers per question."""
+    k = len(wrong[0])
+    if any(len(w) != k for w in wrong):
+        raise ValueError('every question needs as many wrong answers')
+    right = answer_nll(model, tokenizer, questions, correct, eos)
+    bad = answer_nll(model, tokenizer, [q for q in questions for _ in range(k)],
+                     [a for w in wrong for a in w], eos).view(len(questions), k)
+    return torch.exp(-right).numpy(), bad
+
+
+def normalised_probability(model, tokenizer, questions, correct, wrong,
+                           eos=False):
+    """OpenUnlearning's `probability_w_options`, per question:
+    P(correct) / (P(correct) + sum of P(wrong) + 1e-10), each P
+    length-normalised (TOFU's real-authors and world-facts probability)."""
+    right, bad = option_probabilities(model, tokenizer, questions, correct,
+                                      wrong, eos)
+    wrong_sum = torch.exp(-bad).sum(1).numpy()
+    return right / (right + wrong_sum + 1e-10)
+
+
+def truth_ratio_probs(model, tokenizer, questions, correct, wrong, eos=False):
+    """(P_norm(correct), P_norm(wrong)) of each question, as numpy arrays:
+    the wrong answers combined as exp(-their mean avg NLL), as
+    OpenUnlearning averages their losses before the exponential."""
+    right, bad = option_probabilities(model, tokenizer, questions, correct,
+                                      wrong, eos)
+    return right, torch.exp(-bad.mean(1)).numpy()
+
+
+def truth_ratios(model, tokenizer, qa, eos=False):
+    """Raw truth ratio P_norm(perturbed) / P_norm(paraphrased) of each Q&A
+    item (TOFU's items, with paraphrased and perturbed answers), as a
+    numpy array."""
+    right, wrong = truth_ratio_probs(
+        model, tokenizer, [r['question'] for r in qa],
+        [r['paraphrased_answer'] for r in qa],
+        [r['perturbed_answers'] for r in qa], eos)
+    return wrong / (right + 1e-10)
 
 
 def truth_ratio(ratios, forget):
     """Aggregate truth ratios: min(TR, 1/TR) on forget data, else
-    max(0, 1 - TR); higher is better for both."""
+    max(0, 1 - TR); higher is better for both (OpenUnlearning's
+    `closer_to_1_better` and `true_better`)."""
     ratios = np.asarray(ratios)
     if forget:
         return float(np.mean(np.minimum(ratios, 1 / (ratios + 1e-10))))
     return float(np.mean(np.maximum(0, 1 - ratios)))
+
+
+def truth_ratio_prob_mean(right, wrong):
+    """OpenUnlearning's newer truth ratio (its `prob_mean` aggregator):
+    the mean of P_norm(correct) / (P_norm(correct) + P_norm(wrong)), in
+    [0, 1]; 0.5 when the model cannot tell the true answer from the wrong
+    ones."""
+    right, wrong = np.asarray(right), np.asarray(wrong)
+    return float(np.mean(right / (right + wrong + 1e-10)))
 
 
 def forget_quality(unlearned_ratios, retrained_ratios):
@@ -91,22 +147,36 @@ def model_utility(values):
 
 
 def privleak(auc_unlearned, auc_retrained):
-    """MUSE's PrivLeak: relative MIA-AUC gap to the retrained model, in %."""
-    return (auc_unlearned - auc_retrained) / auc_retrained * 100
+    """MUSE's PrivLeak as OpenUnlearning computes it, in %: the relative
+    gap of 1 - AUC (MUSE reports its AUCs that way round) to the retrained
+    model's. 0 is the oracle; an under-unlearned model, whose forget set
+    looks seen (AUC near 1), is near -100."""
+    score, ref = 1 - auc_unlearned, 1 - auc_retrained
+    return (score - ref) / (ref + 1e-10) * 100
 
 
 def generate_answers(model, tokenizer, questions, max_new_tokens=32):
-    """Greedy answers to questions in the Q&A template, cut at a newline;
-    a row stops decoding once its answer is complete (a newline follows
-    text), which does not change the answer."""
+    """Greedy answers to questions in the Q&A template, cut at the
+    end-of-sequence token (as OpenUnlearning cuts them) and at a newline;
+    a row stops decoding once its answer is complete, which does not
+    change the answer."""
+    eos = tokenizer.eos_token_id
+
+    def until_eos(tokens):
+        tokens = list(tokens)
+        return tokens[:tokens.index(eos)] if eos in tokens else tokens
+
     def complete(tokens):
-        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return torch.tensor(['\n' in t.lstrip() for t in texts])
+        return torch.tensor([
+            eos in row or '\n' in tokenizer.decode(
+                row, skip_special_tokens=True).lstrip()
+            for row in tokens.tolist()])
 
     prompts = [tokenizer(prompt_of(q))['input_ids'] for q in questions]
     gens = greedy_continue(model, prompts, [max_new_tokens] * len(prompts),
                            tokenizer.pad_token_id, stop=complete)
-    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
+    texts = [tokenizer.decode(until_eos(g), skip_special_tokens=True)
+             for g in gens]
     return [t.strip().split('\n')[0].strip() for t in texts]
 
 
