@@ -13,13 +13,21 @@ from conftest import random_tokens, tiny_llama
 
 
 def test_steered_layer_keeps_the_papers_relative_depth():
-    def model(n):
-        return types.SimpleNamespace(
-            config=types.SimpleNamespace(num_hidden_layers=n))
+    def model(n, first_trainable=0):
+        blocks = [torch.nn.Linear(1, 1) for _ in range(n)]
+        for block in blocks[:first_trainable]:
+            block.requires_grad_(False)
+        decoder = types.SimpleNamespace(layers=blocks)
+        return types.SimpleNamespace(get_decoder=lambda: decoder)
     assert rmu.steered_layer(model(32)) == 7
     assert rmu.steered_layer(model(30)) == 7
     assert rmu.steered_layer(model(2)) == 0
     assert rmu.steered_layer(model(2), 1.0) == 1
+    # adapters on the top 10 of 30 layers: the depth among those
+    assert rmu.steered_layer(model(30, 20)) == 22
+    assert rmu.steered_layer(model(30, 20), 0.5) == 25
+    with pytest.raises(WorkbenchError, match='no'):
+        rmu.steered_layer(model(4, 4))
 
 
 def test_activations_are_the_layers_outputs(tiny):

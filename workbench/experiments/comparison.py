@@ -45,8 +45,10 @@ _LABELS = {'ga': 'gradient ascent (03)', 'seul': 'SeUL (07)',
            'simnpo': 'SimNPO', 'rmu': 'RMU'}
 LABELS = {m: _LABELS.get(m, m) for m in METHODS}
 # what the comparison sets beyond the budget: SeUL on the personal details
-# (the annotated spans), LLMU with 2 random answers per update
-SETTINGS = {'seul': {'spans': 'annotated'}, 'llmu': {'random_answers': 2}}
+# (the annotated spans), LLMU with 2 random answers per update, RMU at the
+# middle of the layers the roles adapt (on CPU, those of the top third)
+SETTINGS = {'seul': {'spans': 'annotated'}, 'llmu': {'random_answers': 2},
+            'rmu': {'depth': 0.5}}
 ANSWER_TOKENS = 24  # greedy answer length (the answers have 10-20 tokens)
 MIA_ATTACKS = ('loss', 'zlib', 'min_k', 'min_k++', 'ref')
 # where the comparison's measurement differs from OpenUnlearning's TOFU

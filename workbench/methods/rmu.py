@@ -17,7 +17,9 @@ the retain tokens where the original model put them:
 
 averaged over each row's target tokens (the answers of Q&A pairs), then
 over rows, as OpenUnlearning's RMU computes them. The layer is given by
-its relative depth: the paper's layer 7 of 32 by default.
+its relative depth among the layers the training can change: the paper's
+layer 7 of 32 by default (LoRA roles adapt the top layers only, so there
+it counts from the lowest adapted layer).
 """
 from dataclasses import dataclass, field, replace
 
@@ -42,7 +44,7 @@ class RMUConfig(GradDiffConfig):
         'help': 'c: norm of the random direction the forget states go to'})
     depth: float = field(default=7 / 32, metadata={
         'min': 0.0, 'max': 1.0, 'help': 'relative depth of the steered '
-                                        'layer (0: the first)'})
+                                        'layer among the trainable ones'})
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,18 +57,26 @@ class RMUConfig(GradDiffConfig):
 Config = RMUConfig
 
 
-def steered_layer(model, depth=7 / 32):
-    """The index of the decoder layer at relative `depth` (7/32: the
-    paper's layer 7 of 32)."""
-    n = model.config.num_hidden_layers
-    return min(n - 1, round(n * depth))
-
-
 def decoder_layers(model):
     """The decoder layers of a causal LM (or of a PeftModel of one)."""
     base = model.get_base_model() if hasattr(model, 'get_base_model') \
         else model
     return base.get_decoder().layers
+
+
+def steered_layer(model, depth=7 / 32):
+    """The index of the decoder layer RMU steers: the one at relative
+    `depth` of the layers the training can change (7/32: the paper's
+    layer 7 of 32 in a fully trained model; with LoRA roles on the top
+    layers only, a layer below them could not move)."""
+    layers = decoder_layers(model)
+    trainable = [i for i, block in enumerate(layers)
+                 if any(p.requires_grad for p in block.parameters())]
+    if not trainable:
+        raise WorkbenchError('RMU needs trainable weights in a decoder '
+                             'layer; this model has none')
+    first = trainable[0]
+    return min(len(layers) - 1, first + round((len(layers) - first) * depth))
 
 
 def activations(model, batch, layer):
