@@ -56,6 +56,13 @@ def test_every_method_against_the_oracle(smoke_record):
     # the original knows the forget answers; the oracle never saw them
     assert o['forget/ES'] > 0.9 and r['forget/ES'] < 0.5 * o['forget/ES']
     assert o['forget_quality'] < 0.05 and r['forget_quality'] == 1.0
+    # MUSE's PrivLeak on 1 - AUC: the original's forget answers look seen
+    # to every attack, and it sits near -100; the oracle is the zero
+    for attack in compare.MIA_ATTACKS:
+        assert o[f'mia/{attack}'] > 0.8 > r[f'mia/{attack}'], attack
+    assert o['privleak'] < -80 and r['privleak'] == 0
+    assert r['mia/ref'] == 0.5  # its own reference
+    assert len(rec['differences']) == len(compare.DIFFERENCES)
     for m in compare.METHODS:
         row = rows[m]
         assert 1 <= row['steps'] <= 6, m

@@ -134,7 +134,9 @@ def test_cli_needs_retain_for_the_baselines(tmp_path, capsys,
 
 
 @pytest.mark.notebooks
-def test_cli_npo_on_a_users_files(tmp_path, tiny_model_dir, cache):
+@pytest.mark.parametrize('method', ['npo', 'rmu'])
+def test_cli_baseline_on_a_users_files(tmp_path, tiny_model_dir, cache,
+                                       method):
     import json
     from workbench.cli import main
     f, r = tmp_path / 'f.jsonl', tmp_path / 'r.jsonl'
@@ -143,12 +145,15 @@ def test_cli_npo_on_a_users_files(tmp_path, tiny_model_dir, cache):
         'Bram Okoro works at Lindqvist and Sons as a welder.']) + '\n')
     r.write_text(json.dumps(
         {'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}) + '\n')
-    assert main(['unlearn', '--method', 'npo', '--forget', str(f),
+    assert main(['unlearn', '--method', method, '--forget', str(f),
                  '--retain', str(r), '--model', tiny_model_dir, '--implant',
                  '--implant-lr', '1e-2', '--implant-epochs', '40',
                  '--profile', 'smoke', '--lr', '1e-2', '--steps', '6',
                  '--out', str(tmp_path / 'out'), '--quiet']) == 0
-    rec = json.loads((tmp_path / 'out' / 'unlearn_npo.json').read_text())
+    rec = json.loads((tmp_path / 'out' / f'unlearn_{method}.json')
+                     .read_text())
     ma = rec['metrics']['forget/MA']
     assert ma['after'] < ma['before'] - 0.2
-    assert rec['run']['config']['beta'] == 0.1
+    config = rec['run']['config']
+    assert config['beta'] == 0.1 if method == 'npo' else \
+        config['steering'] == 2.0

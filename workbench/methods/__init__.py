@@ -8,6 +8,10 @@ Language-model methods, each in `REGISTRY` under its name, all run by
 - `graddiff`: ascent on the forget set, descent on the retain set (TOFU's
   baseline)
 - `npo`: negative preference optimisation (Zhang et al., COLM 2024)
+- `simnpo`: NPO without a reference model, length-normalised (Fan et al.,
+  2024)
+- `rmu`: representation misdirection, on one layer's hidden states (Li et
+  al., ICML 2024, the WMDP paper)
 - `loo`: leave-one-out ensemble distillation (Liu and Kalinli, ICASSP 2024)
 - `kga`: knowledge gap alignment (Wang et al., ACL 2023)
 - `llmu`: gradient ascent + random mismatch + KL (Yao et al., NeurIPS 2024)
