@@ -324,7 +324,9 @@ def qa_batch(tokenizer, questions, answers, eos=False):
     rows, targets = [], []
     for q, a in zip(questions, answers):
         p = tokenizer(prompt_of(q))['input_ids']
-        t = tokenizer(' ' + a)['input_ids']
+        # the answer continues the prompt: no BOS of its own (Llama's and
+        # Mistral's tokenizers would put one between question and answer)
+        t = tokenizer(' ' + a, add_special_tokens=False)['input_ids']
         if eos:
             t = t + [tokenizer.eos_token_id]
         rows.append(p + t)

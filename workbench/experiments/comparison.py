@@ -136,8 +136,8 @@ def detail_mask(tokenizer, people, batch):
         start = int(batch['target_mask'][i].nonzero()[0])
         answer = ' ' + q['answer']  # as `qa_batch` tokenises it
         spans = pii_spans(answer, person)
-        offsets = tokenizer(answer, return_offsets_mapping=True)[
-            'offset_mapping']
+        offsets = tokenizer(answer, return_offsets_mapping=True,
+                            add_special_tokens=False)['offset_mapping']
         for j, (a, b) in enumerate(offsets):
             if any(a < e and s < b for s, e in spans):
                 mask[i, start + j] = True

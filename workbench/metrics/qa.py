@@ -40,7 +40,8 @@ def answer_logprobs(model, tokenizer, questions, answers, eos=False):
             prompts[q] = tokenizer(prompt_of(q))['input_ids']
             conts[q] = []
         where.append((q, len(conts[q])))
-        conts[q].append(tokenizer(' ' + a)['input_ids'] + end)
+        conts[q].append(tokenizer(' ' + a, add_special_tokens=False)
+                        ['input_ids'] + end)
     keys = list(prompts)
     lps = continuation_logprobs(model, [prompts[q] for q in keys],
                                 [conts[q] for q in keys])
