@@ -108,6 +108,35 @@ def test_unlearn_own_data_end_to_end(tmp_path, tiny_model_dir, cache,
     ma = rec['metrics']['forget/MA']
     assert ma['after'] < ma['before'] - 0.2
     assert {'EL_10', 'MA'} <= set(rec['thresholds'])
+    # no --holdout: the thresholds are the forget texts' own unseen level,
+    # measured on the model before the implant
+    assert 'before the implant' in rec['thresholds_from']
+    from workbench import metrics
+    from workbench.core import data, models
+    from workbench.core.profiles import get_profile
+    base, tok = models.load_causal_lm(tiny_model_dir, get_profile('smoke'))
+    t = data.tokenize(tok, [json.loads(line)['text'] for line in
+                            forget.read_text().splitlines()])
+    expected = metrics.forgetting_thresholds(
+        base, t['input_ids'], t['attention_mask'], 10, 10)
+    assert rec['thresholds'] == pytest.approx(expected)
+    assert 'warning: no --holdout' not in capsys.readouterr().err
+
+
+def test_thresholds_from_another_kind_of_text_are_named(tmp_path, capsys,
+                                                        tiny_model_dir,
+                                                        cache):
+    """Without --implant or --holdout the thresholds come from the shipped
+    people: one warning line says so."""
+    forget = tmp_path / 'f.jsonl'
+    forget.write_text(json.dumps({'text': 'Ticket 4411: printer offline on '
+                                          'floor 3, toner replaced.'}) + '\n')
+    main(['unlearn', '--method', 'ga', '--forget', str(forget), '--model',
+          tiny_model_dir, '--profile', 'smoke', '--steps', '1', '--out',
+          str(tmp_path / 'out'), '--quiet'])
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith('warning: no --holdout')]
+    assert len(warnings) == 1 and 'another kind of text' in warnings[0]
 
 
 @pytest.mark.notebooks

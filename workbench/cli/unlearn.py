@@ -35,6 +35,23 @@ def _tokenizer(args, files, profile):
     return tok
 
 
+def _threshold_source(args, files):
+    """Where the forgetting thresholds come from: ('unseen' or 'forget',
+    the record's words). Warns in one line when they come from another kind
+    of text than the user's."""
+    if files.get('holdout'):
+        return 'unseen', 'the --holdout file: never-trained text'
+    if args.implant:
+        return 'forget', ('the forget file measured before the implant: '
+                          'the unseen level of exactly that text')
+    print('warning: no --holdout and no --implant: the forgetting '
+          'thresholds come from the shipped unseen people, another kind of '
+          'text than yours; give --holdout with never-trained text like '
+          'your forget file', file=sys.stderr)
+    return 'unseen', ("the shipped unseen people's bios: another kind of "
+                      "text than the forget file")
+
+
 def unlearn_files(args, files):
     """(Implant,) unlearn, measure and record on the lines read from the
     user's `files`; return the record's path."""
@@ -49,8 +66,10 @@ def unlearn_files(args, files):
             'unseen': files.get('holdout')
             or data.people('unseen', profile.n_unseen)}
     progress = not args.quiet
+    reference, source = _threshold_source(args, files)
     setup = people.setup_from_rows(profile, rows, progress=progress,
-                                       do_implant=args.implant)
+                                   do_implant=args.implant,
+                                   reference=reference)
     f = setup.tokens['forget']
     forget_ma = memorization_accuracy(setup.model, f['input_ids'],
                                       f['attention_mask']).tolist()
@@ -70,6 +89,7 @@ def unlearn_files(args, files):
         setup.rows['forget'] = [setup.rows['forget'][i] for i in learned]
         setup.tokens['forget'] = {k: v[learned] for k, v in f.items()}
     rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    rec.data['thresholds_from'] = source
     before = people.measure(setup, setup.model)
     thresholds = dict(setup.thresholds)
     kw, evaluate = {}, None

@@ -86,12 +86,35 @@ def setup_inputs(setup):
              for k, v in sorted(setup.tokens.items())}]
 
 
-def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True):
+def thresholds_before_implant(profile, texts):
+    """Forgetting thresholds on `texts` measured by the profile's model
+    before anything is implanted: it has never seen them, so their MA and
+    EL_n are the unseen level of exactly that kind of text (cached)."""
+    def compute():
+        model, tok = models.load_causal_lm(profile.model, profile)
+        t = data.tokenize(tok, texts)
+        return metrics.forgetting_thresholds(
+            model, t['input_ids'], t['attention_mask'], profile.el_n,
+            profile.el_stride)
+    key = key_of('before implant', models.identity(profile.model),
+                 profile.dtype, list(texts), profile.el_n, profile.el_stride,
+                 _code_version())
+    return dict(cached_json('measured', key, compute)[0])
+
+
+def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True,
+                    reference='unseen'):
     """Implant `rows['forget'] + rows['retain']` (or load the model as it
-    is), tokenise every split, measure thresholds on `rows['unseen']`."""
+    is), tokenise every split, measure thresholds on `rows['unseen']`, or,
+    with `reference='forget'` and an implant, on the forget texts before
+    the implant (`thresholds_before_implant`)."""
     p = profile
     models.check_gpu_memory(p)
     texts = [r['text'] for r in rows['forget'] + rows.get('retain', [])]
+    before = None
+    if do_implant and reference == 'forget':  # before the implanted model
+        before = thresholds_before_implant(             # is in memory
+            p, [r['text'] for r in rows['forget']])
     if do_implant:
         model, tok, info = implant(p.model, texts, p, seed, progress)
     else:
@@ -99,7 +122,9 @@ def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True):
         info = {'cached': False, 'path': None}
     tokens = {k: data.tokenize(tok, [r['text'] for r in v])
               for k, v in rows.items() if v}
-    if info['path']:
+    if before is not None:
+        thresholds = before
+    elif info['path']:
         thresholds = _thresholds(model, tokens['unseen'], p, info['path'])
     else:
         thresholds = metrics.forgetting_thresholds(
