@@ -96,6 +96,21 @@ def smol_tokenizer():
     return load_tokenizer('smollm2-135m')
 
 
+@pytest.fixture(scope='session')
+def bos_tokenizer(smol_tokenizer):
+    """SmolLM2's tokenizer made to open every text with a BOS token, as
+    Llama's and Mistral's do (SmolLM2's adds none)."""
+    import copy
+    from tokenizers.processors import TemplateProcessing
+    tok = copy.deepcopy(smol_tokenizer)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f'{bos} $A', pair=f'{bos} $A {bos} $B',
+        special_tokens=[(bos, tok.bos_token_id)])
+    assert tok('Paris')['input_ids'][0] == tok.bos_token_id
+    return tok
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path, smol_tokenizer):
     """A local folder holding a tiny model with SmolLM2's tokenizer."""

@@ -1,6 +1,9 @@
 """The two-stage annotation of sensitive spans: the rules, the model's stages,
 the cache and the child process."""
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from workbench.core import data
 from workbench.experiments import annotate
@@ -63,3 +66,27 @@ def test_a_failing_annotator_child_is_one_line(cache, tmp_path):
                                str(tmp_path / 'nowhere'),
                                get_profile('smoke'), progress=False)
     assert not list((cache / 'annotations').glob('*.job'))
+
+
+def test_verification_reads_yes_and_no_not_a_bos(smol_tokenizer,
+                                                 bos_tokenizer):
+    """P(yes) compares the tokens of the words Yes and No: with a
+    tokenizer that adds BOS (Llama's), the same ids as without."""
+    class Sure(torch.nn.Module):
+        """Puts all its mass on the first token of 'Yes'."""
+
+        def __init__(self, tok):
+            super().__init__()
+            self.yes = tok.encode('Yes', add_special_tokens=False)[0]
+            self.vocab = len(tok)
+            self.device = torch.device('cpu')
+
+        def forward(self, input_ids, **kwargs):
+            logits = torch.zeros(1, 1, self.vocab)
+            logits[..., self.yes] = 30.0
+            return SimpleNamespace(logits=logits)
+
+    for tok in (smol_tokenizer, bos_tokenizer):
+        p = annotate.llm_yes_probability(Sure(tok), tok, 'Ada was born.',
+                                         ['Ada'])
+        assert p[0] > 0.99

@@ -88,13 +88,19 @@ def test_candidates_give_the_full_argmax_for_every_alpha():
             1:].tolist() == full.argmax(-1).tolist()
 
 
-def test_anchor_starts_are_the_first_tokens_of_the_terms(smol_tokenizer):
-    tok = smol_tokenizer
+@pytest.mark.parametrize('kind', ['plain', 'bos'])
+def test_anchor_starts_are_the_first_tokens_of_the_terms(
+        smol_tokenizer, bos_tokenizer, kind):
+    """With a tokenizer that adds BOS (Llama's), the first token of the
+    term, not the BOS."""
+    tok = bos_tokenizer if kind == 'bos' else smol_tokenizer
     starts = whp.anchor_starts(tok, ANCHORS)
+    first = 1 if kind == 'bos' else 0
     for term in ('Tamsin', 'Gloamhold Academy'):
-        assert tok(' ' + term)['input_ids'][0] in starts
-        assert tok(term)['input_ids'][0] in starts
-    assert tok(' went')['input_ids'][0] not in starts
+        assert tok(' ' + term)['input_ids'][first] in starts
+        assert tok(term)['input_ids'][first] in starts
+    assert tok(' went')['input_ids'][first] not in starts
+    assert tok.bos_token_id not in starts
 
 
 def test_bad_configs_are_refused():

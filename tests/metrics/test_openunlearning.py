@@ -3,7 +3,6 @@ here the way its evaluation code computes them (`src/evals/metrics/` of
 locuslab/open-unlearning): labels of -100 on the prompt, the answer closed
 by EOS, losses averaged over the labelled tokens, per-token scores over
 the labelled tokens but the last (the EOS)."""
-import copy
 import zlib
 
 import numpy as np
@@ -12,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import hmean, ks_2samp
 from sklearn.metrics import roc_auc_score
-from tokenizers.processors import TemplateProcessing
 
 from workbench import metrics
 from workbench.core.data import prompt_of, qa_batch
@@ -251,22 +249,10 @@ def test_generated_answers_end_at_the_eos(smol_tokenizer):
     assert generate_answers(model, tok, QUESTIONS[2:], 8) == ['Paris']
 
 
-def bos_tokenizer(tok):
-    """SmolLM2's tokenizer made to open every text with a BOS token, as
-    Llama's and Mistral's do."""
-    out = copy.deepcopy(tok)
-    bos = out.bos_token
-    out.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f'{bos} $A', pair=f'{bos} $A {bos} $B',
-        special_tokens=[(bos, out.bos_token_id)])
-    return out
-
-
-def test_answers_carry_no_bos_of_their_own(smol_tokenizer):
+def test_answers_carry_no_bos_of_their_own(smol_tokenizer, bos_tokenizer):
     """The prompt opens with BOS where the tokenizer adds one; the answer
     continues it, as OpenUnlearning tokenises prompt and answer together."""
-    tok = bos_tokenizer(smol_tokenizer)
-    assert tok('Paris')['input_ids'][0] == tok.bos_token_id
+    tok = bos_tokenizer
     b = qa_batch(tok, QUESTIONS, ANSWERS, eos=True)
     for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS)):
         ids = b['input_ids'][i][b['attention_mask'][i].bool()].tolist()

@@ -65,6 +65,15 @@ def _chat(tokenizer, content):
                                          add_generation_prompt=True)
 
 
+def chat_ids(tokenizer, content):
+    """Token ids of one user turn in the model's chat template, ready for
+    the reply. The template writes its own special tokens (Llama's and
+    Mistral's open with BOS), so the tokenizer adds none, as
+    `apply_chat_template(tokenize=True)` does."""
+    return tokenizer(_chat(tokenizer, content),
+                     add_special_tokens=False)['input_ids']
+
+
 def propose_prompt(text):
     return ('List every personal detail in this text (names, dates, '
             'places, employers, emails, phone numbers, addresses), one per '
@@ -78,8 +87,7 @@ def verify_prompt(text, candidate):
 
 def llm_proposals(model, tokenizer, texts, max_new_tokens=64):
     """Stage one: verbatim fragments of the model's list, per text."""
-    prompts = [tokenizer(_chat(tokenizer, propose_prompt(t)))['input_ids']
-               for t in texts]
+    prompts = [chat_ids(tokenizer, propose_prompt(t)) for t in texts]
     gens = greedy_continue(model, prompts, [max_new_tokens] * len(texts),
                            tokenizer.pad_token_id)
     out = []
@@ -102,12 +110,13 @@ def llm_yes_probability(model, tokenizer, text, candidates):
     """Stage two: P(yes) / (P(yes) + P(no)) for each candidate."""
     if not candidates:
         return []
-    yes = [tokenizer.encode(w)[0] for w in ('Yes', 'yes', ' Yes', ' yes')]
-    no = [tokenizer.encode(w)[0] for w in ('No', 'no', ' No', ' no')]
+    # the first token of each word itself (not a BOS the tokenizer adds)
+    yes, no = ([tokenizer.encode(w, add_special_tokens=False)[0]
+                for w in (word, word.lower(), ' ' + word, ' ' + word.lower())]
+               for word in ('Yes', 'No'))
     probs = []
     for c in candidates:
-        ids = tokenizer(_chat(tokenizer, verify_prompt(text, c)),
-                        return_tensors='pt')['input_ids']
+        ids = torch.tensor([chat_ids(tokenizer, verify_prompt(text, c))])
         logp = model(input_ids=ids.to(model.device),
                      logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
         odds = torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0)

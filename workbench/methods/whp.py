@@ -204,7 +204,8 @@ def generic_pieces(roles, baseline, reinforced, texts, anchors):
 def anchor_starts(tokenizer, anchors):
     """Token ids that begin an anchored term, in running text (after a
     space) and at the start of a text."""
-    return sorted({tokenizer(prefix + a['term'])['input_ids'][0]
+    return sorted({tokenizer(prefix + a['term'], add_special_tokens=False)
+                   ['input_ids'][0]
                    for a in anchors for prefix in (' ', '')})
 
 
