@@ -20,6 +20,14 @@ def test_leave_one_out_averages_the_other_teachers():
     assert torch.allclose(q.exp().sum(-1), torch.ones(2, 4), atol=1e-5)
 
 
+def test_soft_labels_stay_on_the_teachers_device():
+    """The mask of the teachers kept lives where their log-probabilities
+    do (a GPU's; the meta device stands in for it here)."""
+    t = random_logprobs(3, 2, 4, 5).to('meta')
+    q = loo.ensemble_logprobs(t, excluded=[1, None])
+    assert q.device.type == 'meta' and q.shape == (2, 4, 5)
+
+
 def test_one_teacher_cannot_leave_one_out():
     with pytest.raises(WorkbenchError, match='no teacher left'):
         loo.ensemble_logprobs(random_logprobs(1, 1, 2, 3), excluded=[0])

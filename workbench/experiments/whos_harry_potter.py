@@ -212,10 +212,11 @@ def label_stats(setup, alphas, exclude_anchored=True):
     starts = set(whp.anchor_starts(setup.tokenizer, setup.anchors))
     rows, logps = [], []
     with setup.roles.active(None) as m, torch.no_grad():
+        device = next(m.parameters()).device
         for ids, t_idx, *_ in setup.pieces:
-            x = torch.tensor([ids])
+            x = torch.tensor([ids], device=device)
             logps.append(torch.log_softmax(m(input_ids=x).logits[0].float(),
-                                           -1)[t_idx])
+                                           -1)[t_idx.to(device)].cpu())
     for alpha in alphas:
         used = labels(setup, alpha, exclude_anchored)
         same = story = total = 0

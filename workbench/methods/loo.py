@@ -76,6 +76,7 @@ def ensemble_logprobs(teacher_logprobs, excluded):
     if not keep.any(0).all():
         raise WorkbenchError('a sequence has no teacher left after leaving '
                              'one out: the ensemble needs at least 2')
+    keep = keep.to(teacher_logprobs.device)  # beside the teachers' (GPU)
     # q_{-j}(v|x_<t) = 1/(M-1) sum_{k != j(s)} p_{T_k}(v|x_<t)
     masked = teacher_logprobs.masked_fill(~keep[..., None, None],
                                           float('-inf'))
