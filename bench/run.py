@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from workbench import WorkbenchError, metrics
-from workbench.core import data, models
+from workbench.core import data, models, record
 from workbench.core.paths import NOTEBOOK_DIR, cache_dir
 from workbench.core.profiles import get_profile
 from workbench.core.scoring import token_nll
@@ -199,6 +199,9 @@ def main():
     parser.add_argument('--notebooks', default='',
                         help='notebooks: a comma list of names or numbers '
                              '(03,07); all of them when empty')
+    parser.add_argument('--seeds', type=seeds_type, default=None,
+                        help='notebooks: run each once per seed (0,1,2); '
+                             'each claim then counts the seeds it held in')
     args = parser.parse_args()
     try:
         names = notebook_names(args.notebooks)
@@ -223,10 +226,19 @@ def main():
         head_benchmark(results)
     failed = []
     if args.only in (None, 'notebooks'):
-        failed = notebook_benchmark(results, names, profiles, out)
+        failed = notebook_benchmark(results, names, profiles, out,
+                                    args.seeds)
     report(results, out)
     if failed:
         raise SystemExit('failed: ' + ', '.join(failed))
+
+
+def seeds_type(text):
+    """argparse's type for --seeds (`record.parse_seeds`)."""
+    try:
+        return record.parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def notebook_names(wanted=''):
@@ -254,16 +266,18 @@ def cached_entries():
                   for entry in kind.iterdir())
 
 
-def run_notebook(name, profile):
-    """One notebook run as a user runs it: its wall minutes, the kernel's
-    peak memory and its claims from the record, what was cached before,
+def run_notebook(name, profile, seeds=None):
+    """One notebook run as a user runs it (once per seed with `seeds`): its
+    wall minutes, the kernel's peak memory and its claims from the record
+    (with seeds, how many of them each held in), what was cached before,
     or the end of its error output when it failed."""
     before = cached_entries()
+    many = ['--seeds', ','.join(map(str, seeds))] if seeds else []
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, '-m', 'workbench', 'run', name, '--profile',
-             profile, '--out', out], capture_output=True, text=True)
+             profile, '--out', out, *many], capture_output=True, text=True)
         entry = {'minutes': (time.perf_counter() - t) / 60,
                  'cached_before': before}
         record = Path(out) / f'{name}.json'
@@ -273,19 +287,25 @@ def run_notebook(name, profile):
                     f'exit status {proc.returncode}',
                     'stderr_tail': proc.stderr[-2000:]}
         rec = json.loads(record.read_text())
+    if seeds:
+        claims = {c['id']: {'holds_in': c['holds_in'], 'seeds': c['seeds']}
+                  for c in rec['claims']}
+        entry['minutes'] /= len(seeds)  # a run's, as without seeds
+    else:
+        claims = {c['id']: c['holds'] for c in rec['claims']}
     # the record's MiB (ru_maxrss) in GB, 10^9 bytes, the goal's unit
     return {**entry, 'peak_gb': rec['peak_rss_mb'] * 2**20 / 1e9,
-            'claims': {c['id']: c['holds'] for c in rec['claims']}}
+            'claims': claims}
 
 
-def notebook_benchmark(results, names, profiles, out):
+def notebook_benchmark(results, names, profiles, out, seeds=None):
     """Runs the notebooks, each profile in turn, and writes `out` after
     each one, so that a stopped or failing run keeps what it measured.
     Returns the runs that failed."""
     failed = []
     for profile in profiles:
         for name in names:
-            entry = run_notebook(name, profile)
+            entry = run_notebook(name, profile, seeds)
             results.setdefault('notebooks', {}).setdefault(
                 profile, {})[name] = entry
             summarise(results)

@@ -106,7 +106,7 @@ def test_notebook_benchmark_keeps_each_run_and_goes_on_after_a_failure(
     out = tmp_path / 'results.json'
     seen = []
 
-    def fake_run(name, profile):
+    def fake_run(name, profile, seeds=None):
         # what was written before this run is on disk already
         if seen:
             assert bench_run.json.loads(out.read_text())['notebooks']
@@ -130,3 +130,23 @@ def test_notebook_benchmark_keeps_each_run_and_goes_on_after_a_failure(
     assert top['value'] == 6.0 and top['notebook'] == names[1]
     assert top['over_goal'] == [names[1]]
     assert results['notebook_cpu_peak_gb_max']['over_goal'] == []
+
+
+def test_notebook_benchmark_passes_the_seeds_on(bench_run, tmp_path,
+                                                monkeypatch):
+    """With --seeds, each notebook runs through `workbench run --seeds`,
+    and each claim counts the seeds it held in."""
+    import json
+    import subprocess
+
+    def fake_cli(argv, **kwargs):
+        assert argv[-2:] == ['--seeds', '0,1,2']
+        out = argv[argv.index('--out') + 1]
+        (bench_run.Path(out) / '03_knowledge_unlearning.json').write_text(
+            json.dumps({'peak_rss_mb': 1000, 'claims': [
+                {'id': 'forgotten', 'holds_in': 2, 'seeds': 3}]}))
+        return subprocess.CompletedProcess(argv, 0, '', '')
+    monkeypatch.setattr(bench_run.subprocess, 'run', fake_cli)
+    entry = bench_run.run_notebook('03_knowledge_unlearning', 'smoke',
+                                   [0, 1, 2])
+    assert entry['claims'] == {'forgotten': {'holds_in': 2, 'seeds': 3}}

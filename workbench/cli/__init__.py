@@ -3,6 +3,7 @@
     python -m workbench models
     python -m workbench profiles
     python -m workbench run 00_tour --profile smoke --out results/
+    python -m workbench run 03 --profile smoke --seeds 0,1,2 --out results/
     python -m workbench unlearn --method ga --forget F.jsonl \\
         [--retain R.jsonl] [--holdout H.jsonl] [--model NAME] [--implant] \\
         --profile cpu --out results/
@@ -24,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..core import WorkbenchError
+from ..core import WorkbenchError, record
 from ..core.paths import NOTEBOOK_DIR, results_dir
 from ..core.profiles import PROFILES, get_profile
 from ..methods import REGISTRY
@@ -78,9 +79,28 @@ def run_notebook(name, profile, out, parameters=None, progress=True):
     return out / f'{nb.stem}.json'
 
 
+def run_seeds(name, profile, out, seeds, parameters=None, progress=True):
+    """`run_notebook` once per seed, each into `out/seed-<k>/`, then one
+    record of them all (`record.merge`) in `out`; returns its path."""
+    check_out(out)
+    out = results_dir(out)
+    records = []
+    for seed in seeds:
+        path = run_notebook(name, profile, out / f'seed-{seed}',
+                            {**(parameters or {}), 'seed': seed}, progress)
+        records.append(json.loads(path.read_text()))
+    merged = record.merge(records)
+    path = out / path.name
+    path.write_text(json.dumps(merged, indent=1))
+    return path
+
+
 def print_record(path):
-    """A short results table from a saved record."""
+    """A short results table from a saved record (of one seed, or of
+    several)."""
     rec = json.loads(Path(path).read_text())
+    if isinstance(rec.get('seeds'), list):
+        return print_seeds(rec)
     print(f"\n{rec['notebook']}  profile={rec['profile']}  "
           f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MiB")
     print(f"{'metric':28s} {'before':>10s} {'after':>10s}")
@@ -93,6 +113,27 @@ def print_record(path):
     for c in rec.get('claims', []):
         print(f"claim {c['id']}: {'holds' if c['holds'] else 'does not hold'}"
               f" ({c['evidence']})")
+
+
+def print_seeds(rec):
+    """A short table of a record of several seeds: each number's mean and
+    spread, each claim's share of seeds."""
+    seeds = ', '.join(map(str, rec['seeds']))
+    print(f"\n{rec['notebook']}  profile={rec['profile']}  seeds {seeds}  "
+          f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MiB")
+    print(f"{'metric':28s} {'before':>17s} {'after':>17s}")
+
+    def fmt(v):
+        if not v or 'mean' not in v:
+            return f'{"-":>17s}'
+        return f"{v['mean']:9.4f} ± {v['std']:.4f}"
+    for k, v in rec['metrics'].items():
+        print(f"{k:28s} {fmt(v.get('before'))} {fmt(v.get('after'))}")
+    for k, v in rec.get('thresholds', {}).items():
+        print(f'threshold {k:18s} {fmt(v)}')
+    for c in rec.get('claims', []):
+        print(f"claim {c['id']}: holds in {c['holds_in']} of {c['seeds']} "
+              f"seeds")
 
 
 def cmd_models(args):
@@ -116,7 +157,17 @@ def cmd_run(args):
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
-    print_record(run_notebook(args.notebook, args.profile, args.out, params))
+    if args.seeds is None:
+        print_record(run_notebook(args.notebook, args.profile, args.out,
+                                  params))
+        return
+    if 'seed' in params:
+        raise WorkbenchError('give the seeds with --seeds or one seed with '
+                             '-p seed, not both')
+    find_notebook(args.notebook)
+    get_profile(args.profile)
+    print_record(run_seeds(args.notebook, args.profile, args.out,
+                           args.seeds, params))
 
 
 def cmd_unlearn(args):
@@ -151,6 +202,14 @@ def number(kind, low, high=None, above=False):
     return parse
 
 
+def seed_list(text):
+    """An argparse type: a comma list of distinct whole numbers >= 0."""
+    try:
+        return record.parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def build_parser():
     parser = Parser(
         prog='python -m workbench',
@@ -164,6 +223,10 @@ def build_parser():
     run.add_argument('--out', default=None, help='results folder')
     run.add_argument('-p', '--param', nargs=2, action='append',
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
+    run.add_argument('--seeds', type=seed_list, default=None,
+                     help='run once per seed (0,1,2) and write one record '
+                          'of them all: per-seed values, mean and spread, '
+                          'and how many seeds each claim held in')
     un = sub.add_parser('unlearn', help='run a method on your JSONL data')
     un.add_argument('--method', required=True, choices=list(REGISTRY),
                     help='; '.join(f'{name}: {m.TITLE}'

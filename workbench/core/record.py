@@ -7,7 +7,9 @@
      "claims": [{"id": ..., "holds": ..., "evidence": ...}]}
 
 Claims are computed from the metrics by the code that records them, never
-written by hand.
+written by hand. A notebook run once per seed gives one record of them all
+(`merge`): each number's per-seed values, mean and spread, and how many
+seeds each claim held in.
 """
 import json
 import resource
@@ -72,3 +74,70 @@ class Record:
 def load(path):
     """Read a saved record."""
     return json.loads(Path(path).read_text())
+
+
+def parse_seeds(text):
+    """Seeds from a comma list ('0,1,2'): distinct whole numbers >= 0."""
+    parts = [p.strip() for p in str(text).split(',') if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f'{text!r} is not a comma list of whole numbers '
+                         f'(0,1,2)')
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise ValueError(f'needs distinct whole numbers of at least 0, got '
+                         f'{text!r}')
+    return seeds
+
+
+def _spread(values):
+    """Per-seed values with their mean, sample standard deviation (0 for
+    one seed), smallest and largest; None where a seed has no value."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {'values': values}
+    mean = sum(known) / len(known)
+    var = (sum((v - mean) ** 2 for v in known) / (len(known) - 1)
+           if len(known) > 1 else 0.0)
+    return {'values': values, 'mean': mean, 'std': var ** 0.5,
+            'min': min(known), 'max': max(known)}
+
+
+def merge(records):
+    """One record from the records of one notebook run once per seed.
+
+    Each metric (before and after) and threshold holds its per-seed
+    `values`, `mean`, `std`, `min` and `max`; each claim holds `holds_in`
+    (the seeds it held in), `seeds` (the seeds that tested it), `holds`
+    (whether it held in all of them) and each seed's `evidence`. The
+    seeds' own records stay under `runs`.
+    """
+    if not records:
+        raise ValueError('no records to merge')
+    seeds = [r['seed'] for r in records]
+    out = {k: records[0][k] for k in ('notebook', 'profile', 'model')}
+    out.update(seeds=seeds,
+               elapsed_s=round(sum(r['elapsed_s'] or 0 for r in records), 1),
+               peak_rss_mb=max(r['peak_rss_mb'] or 0 for r in records),
+               metrics={}, thresholds={}, claims=[], runs=records)
+    keys = list(dict.fromkeys(k for r in records for k in r['metrics']))
+    for key in keys:
+        sides = {}
+        for side in ('before', 'after'):
+            values = [r['metrics'].get(key, {}).get(side) for r in records]
+            if any(v is not None for v in values):
+                sides[side] = _spread(values)
+        out['metrics'][key] = sides
+    for key in dict.fromkeys(k for r in records for k in r['thresholds']):
+        out['thresholds'][key] = _spread(
+            [r['thresholds'].get(key) for r in records])
+    ids = list(dict.fromkeys(c['id'] for r in records for c in r['claims']))
+    for cid in ids:
+        tested = [(r['seed'], c) for r in records for c in r['claims']
+                  if c['id'] == cid]
+        held = sum(c['holds'] for _, c in tested)
+        out['claims'].append({
+            'id': cid, 'holds_in': held, 'seeds': len(tested),
+            'holds': held == len(tested),
+            'evidence': {str(seed): c['evidence'] for seed, c in tested}})
+    return out
