@@ -53,6 +53,27 @@ def test_unknown_model_offline(files, capsys, monkeypatch):
     assert rc == 2 and 'not a local folder' in err
 
 
+def test_gated_model_is_one_line(files, capsys, monkeypatch):
+    """A gated hub model (Mistral-7B-v0.1, the 7b profile's) without
+    accepted terms: one line on what to do, not the hub's traceback."""
+    from workbench.core import models
+
+    def refuse(*args, **kwargs):  # what transformers raises for it
+        raise OSError('You are trying to access a gated repo.\nMake sure '
+                      'to have access to it at https://huggingface.co/'
+                      'mistralai/Mistral-7B-v0.1.\n401 Client Error.')
+    monkeypatch.setattr(models, 'resolve', lambda name: models.Resolved(
+        name, 'hub', name))
+    monkeypatch.setattr(models.AutoTokenizer, 'from_pretrained', refuse)
+    (files / 'ok.jsonl').write_text('{"text": "hello"}\n')
+    rc, err = run_cli(capsys, 'unlearn', '--method', 'ga', '--forget',
+                      str(files / 'ok.jsonl'), '--model',
+                      'mistralai/Mistral-7B-v0.1')
+    assert rc == 2 and '\n' not in err
+    assert err.startswith("error: model 'mistralai/Mistral-7B-v0.1' is gated")
+    assert 'HF_TOKEN' in err
+
+
 def test_7b_without_gpu(files, capsys):
     import torch
     if torch.cuda.is_available():

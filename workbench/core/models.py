@@ -209,9 +209,27 @@ def check_gpu_memory(profile):
             f'{total / 2**30:.1f} GB free')
 
 
+@contextmanager
+def hub_errors(name):
+    """A model the hub refuses (gated, private) as one line saying what to
+    do, not the hub client's traceback."""
+    try:
+        yield
+    except OSError as e:  # transformers wraps the hub's refusals in OSError
+        text = str(e).lower()
+        if 'gated' in text or '401' in text or '403' in text:
+            raise WorkbenchError(
+                f'model {name!r} is gated on the hub: accept its terms at '
+                f'https://huggingface.co/{name} with your account, then set '
+                f'HF_TOKEN (or run `huggingface-cli login`) and try again'
+            ) from None
+        raise
+
+
 def load_tokenizer(name):
     """The tokenizer of a causal LM, with a pad token and right padding."""
-    tok = AutoTokenizer.from_pretrained(resolve(name).path)
+    with hub_errors(name):
+        tok = AutoTokenizer.from_pretrained(resolve(name).path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = 'right'
@@ -230,8 +248,9 @@ def load_causal_lm(name, profile=None, weights=None):
     dtype = getattr(torch, profile.dtype) if profile else torch.float32
     device = profile.device if profile else 'cpu'
     path = resolve(name).path
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    with hub_errors(name):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
     if weights is not None:
         load_model(model, str(weights))
     model.to(device)
