@@ -7,6 +7,7 @@ original ("reference") is the base with the adapter disabled, so it costs no
 second copy of the weights.
 """
 import copy
+import gc
 import importlib.util
 import os
 import subprocess
@@ -192,6 +193,17 @@ def _convert_smollm2_into(pkg, out):
     tok.save_pretrained(out)
 
 
+def gpu_free_gib():
+    """GiB of GPU memory this process can still use: what the device has
+    free, plus what PyTorch's allocator holds for this process without
+    using it (a model freed by re-running a cell, say), after collecting
+    what nothing references any more."""
+    gc.collect()
+    free, total = torch.cuda.mem_get_info()
+    idle = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    return (free + idle) / 2**30, total / 2**30
+
+
 def check_gpu_memory(profile):
     """Refuse, before loading, a profile that will not fit this machine."""
     if profile.device != 'cuda':
@@ -199,14 +211,14 @@ def check_gpu_memory(profile):
     if not torch.cuda.is_available():
         raise WorkbenchError(
             f'profile {profile.name!r} needs a CUDA GPU with at least '
-            f'{profile.min_gpu_gb:.0f} GB; none is visible here. Use '
+            f'{profile.min_gpu_gb:.0f} GiB; none is visible here. Use '
             f'profile "cpu" (or "smoke") on this machine')
-    free, total = torch.cuda.mem_get_info()
-    if free / 2**30 < profile.min_gpu_gb:
+    free, total = gpu_free_gib()
+    if free < profile.min_gpu_gb:
         raise WorkbenchError(
-            f'profile {profile.name!r} needs {profile.min_gpu_gb:.0f} GB of '
-            f'free GPU memory; this GPU has {free / 2**30:.1f} of '
-            f'{total / 2**30:.1f} GB free')
+            f'profile {profile.name!r} needs {profile.min_gpu_gb:.0f} GiB of '
+            f'free GPU memory; this GPU has {free:.1f} of {total:.1f} GiB '
+            f'free (this process included)')
 
 
 @contextmanager

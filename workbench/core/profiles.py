@@ -45,7 +45,7 @@ class Profile:
     # layer); backpropagating through fewer layers halves the cost of
     # training many models on a CPU
     role_layers: int = 0
-    min_gpu_gb: float = 0.0  # memory the profile needs on the GPU
+    min_gpu_gb: float = 0.0  # GiB of GPU memory the profile needs
 
     def as_dict(self):
         """Plain dict, for the results record."""
