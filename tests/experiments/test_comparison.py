@@ -54,7 +54,8 @@ def test_every_method_against_the_oracle(smoke_record):
     o, r = rows['original'], rows['retrained']
     assert set(rows) == {'original', 'retrained', *compare.METHODS}
     # the original knows the forget answers; the oracle never saw them
-    assert o['forget/ES'] > 0.9 and r['forget/ES'] < 0.5 * o['forget/ES']
+    assert o['forget/ES'] > 0.8 and o['forget/MA'] > 0.95
+    assert r['forget/ES'] < 0.5 * o['forget/ES']
     assert o['forget_quality'] < 0.05 and r['forget_quality'] == 1.0
     # MUSE's PrivLeak on 1 - AUC: the original's forget answers look seen
     # to every attack, and it sits near -100; the oracle is the zero
