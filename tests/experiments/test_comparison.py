@@ -68,7 +68,7 @@ def test_every_method_against_the_oracle(smoke_record):
         row = rows[m]
         assert 1 <= row['steps'] <= 6, m
         # every method moved the model away from the forget answers
-        assert row['forget/ES'] < o['forget/ES'] - 0.2, m
+        assert row['forget/ES'] < o['forget/ES'] - 0.15, m
         assert row['forget/MA'] < o['forget/MA'], m
     # gradient ascent forgets and pays in utility; the leave-one-out
     # ensemble lands near the oracle and keeps more
