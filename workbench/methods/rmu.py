@@ -39,6 +39,12 @@ HELPERS = ()
 class RMUConfig(GradDiffConfig):
     """Hyperparameters: OpenUnlearning's TOFU defaults (steering
     coefficient 2, both weights 1); the paper tunes c per model."""
+    forget_weight: float = field(default=1.0, metadata={
+        'min': 0.0, 'max': 5.0, 'help': 'gamma: weight of steering the '
+                                        'forget states'})
+    retain_weight: float = field(default=1.0, metadata={
+        'min': 0.0, 'max': 5.0, 'help': 'alpha: weight of holding the '
+                                        'retain states'})
     steering: float = field(default=2.0, metadata={
         'min': 0.1, 'max': 100.0, 'log': True,
         'help': 'c: norm of the random direction the forget states go to'})
