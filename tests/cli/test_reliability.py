@@ -26,9 +26,12 @@ MATRIX = {
         ['cli/test_unlearn.py::test_unknown_model_offline',
          'core/test_models.py::test_unknown_model_offline_is_one_clear_error',
          'core/test_models.py::test_a_missing_folder_is_one_clear_error'],
+    'a gated hub model (terms not accepted, no token)':
+        ['cli/test_unlearn.py::test_gated_model_is_one_line'],
     'a 7B profile without enough GPU memory':
         ['cli/test_unlearn.py::test_7b_without_gpu',
-         'core/test_models.py::test_7b_profile_refuses_without_gpu'],
+         'core/test_models.py::test_7b_profile_refuses_without_gpu',
+         'core/test_models.py::test_gpu_memory_check_counts_this_processs_idle_memory'],
     'a diverging gradient ascent (NaN, or perplexity past the bound)':
         ['core/test_train.py::test_nan_loss_stops_and_restores',
          'core/test_train.py::test_guard_bound_restores_last_good_evaluation',
