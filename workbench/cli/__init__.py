@@ -95,45 +95,41 @@ def run_seeds(name, profile, out, seeds, parameters=None, progress=True):
     return path
 
 
+def _number(value, width):
+    """One number of a record, or of a record of several seeds (its mean
+    and standard deviation), `width` characters wide."""
+    if isinstance(value, dict):
+        if 'mean' not in value:
+            value = None
+        else:
+            return f"{value['mean']:9.4f} ± {value['std']:.4f}"
+    return f'{"-":>{width}s}' if value is None else f'{value:{width}.4f}'
+
+
 def print_record(path):
     """A short results table from a saved record (of one seed, or of
-    several)."""
+    several: each number's mean and spread, each claim's share of
+    seeds)."""
     rec = json.loads(Path(path).read_text())
-    if isinstance(rec.get('seeds'), list):
-        return print_seeds(rec)
-    print(f"\n{rec['notebook']}  profile={rec['profile']}  "
+    several = isinstance(rec.get('seeds'), list)
+    width = 17 if several else 10
+    seeds = f"  seeds {', '.join(map(str, rec['seeds']))}" if several else ''
+    print(f"\n{rec['notebook']}  profile={rec['profile']}{seeds}  "
           f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MiB")
-    print(f"{'metric':28s} {'before':>10s} {'after':>10s}")
+    print(f"{'metric':28s} {'before':>{width}s} {'after':>{width}s}")
     for k, v in rec['metrics'].items():
-        b, a = v.get('before'), v.get('after')
-        fmt = lambda x: f'{x:10.4f}' if x is not None else f'{"-":>10s}'
-        print(f'{k:28s} {fmt(b)} {fmt(a)}')
+        print(f"{k:28s} {_number(v.get('before'), width)} "
+              f"{_number(v.get('after'), width)}")
     for k, v in rec.get('thresholds', {}).items():
-        print(f'threshold {k:18s} {v:10.4f}')
+        print(f'threshold {k:18s} {_number(v, width)}')
     for c in rec.get('claims', []):
-        print(f"claim {c['id']}: {'holds' if c['holds'] else 'does not hold'}"
-              f" ({c['evidence']})")
-
-
-def print_seeds(rec):
-    """A short table of a record of several seeds: each number's mean and
-    spread, each claim's share of seeds."""
-    seeds = ', '.join(map(str, rec['seeds']))
-    print(f"\n{rec['notebook']}  profile={rec['profile']}  seeds {seeds}  "
-          f"{rec['elapsed_s']} s  peak {rec['peak_rss_mb']} MiB")
-    print(f"{'metric':28s} {'before':>17s} {'after':>17s}")
-
-    def fmt(v):
-        if not v or 'mean' not in v:
-            return f'{"-":>17s}'
-        return f"{v['mean']:9.4f} ± {v['std']:.4f}"
-    for k, v in rec['metrics'].items():
-        print(f"{k:28s} {fmt(v.get('before'))} {fmt(v.get('after'))}")
-    for k, v in rec.get('thresholds', {}).items():
-        print(f'threshold {k:18s} {fmt(v)}')
-    for c in rec.get('claims', []):
-        print(f"claim {c['id']}: holds in {c['holds_in']} of {c['seeds']} "
-              f"seeds")
+        if several:
+            print(f"claim {c['id']}: holds in {c['holds_in']} of "
+                  f"{c['seeds']} seeds")
+        else:
+            print(f"claim {c['id']}: "
+                  f"{'holds' if c['holds'] else 'does not hold'} "
+                  f"({c['evidence']})")
 
 
 def cmd_models(args):
