@@ -69,18 +69,17 @@ def answer_probability(model, tokenizer, questions, answers, eos=False):
     return torch.exp(-answer_nll(model, tokenizer, questions, answers, eos))
 
 
-def option_probabilities(model, tokenizer, questions, correct, wrong,
-                         eos=False):
-    """P_norm of each question's correct answer, (N,), and of its wrong
-    answers, (N, k), each exp(-mean NLL of its tokens); `wrong` holds k
-    wrong answers per question."""
+def option_nlls(model, tokenizer, questions, correct, wrong, eos=False):
+    """Mean answer NLL of each question's correct answer, (N,), and of its
+    wrong answers, (N, k); `wrong` holds k wrong answers per question."""
     k = len(wrong[0])
     if any(len(w) != k for w in wrong):
         raise ValueError('every question needs as many wrong answers')
     right = answer_nll(model, tokenizer, questions, correct, eos)
-    bad = answer_nll(model, tokenizer, [q for q in questions for _ in range(k)],
-                     [a for w in wrong for a in w], eos).view(len(questions), k)
-    return torch.exp(-right).numpy(), bad
+    bad = answer_nll(model, tokenizer,
+                     [q for q in questions for _ in range(k)],
+                     [a for w in wrong for a in w], eos)
+    return right, bad.view(len(questions), k)
 
 
 def normalised_probability(model, tokenizer, questions, correct, wrong,
@@ -88,19 +87,17 @@ def normalised_probability(model, tokenizer, questions, correct, wrong,
     """OpenUnlearning's `probability_w_options`, per question:
     P(correct) / (P(correct) + sum of P(wrong) + 1e-10), each P
     length-normalised (TOFU's real-authors and world-facts probability)."""
-    right, bad = option_probabilities(model, tokenizer, questions, correct,
-                                      wrong, eos)
-    wrong_sum = torch.exp(-bad).sum(1).numpy()
-    return right / (right + wrong_sum + 1e-10)
+    right, bad = option_nlls(model, tokenizer, questions, correct, wrong, eos)
+    right, wrong_sum = torch.exp(-right), torch.exp(-bad).sum(1)
+    return (right / (right + wrong_sum + 1e-10)).numpy()
 
 
 def truth_ratio_probs(model, tokenizer, questions, correct, wrong, eos=False):
     """(P_norm(correct), P_norm(wrong)) of each question, as numpy arrays:
     the wrong answers combined as exp(-their mean avg NLL), as
     OpenUnlearning averages their losses before the exponential."""
-    right, bad = option_probabilities(model, tokenizer, questions, correct,
-                                      wrong, eos)
-    return right, torch.exp(-bad.mean(1)).numpy()
+    right, bad = option_nlls(model, tokenizer, questions, correct, wrong, eos)
+    return torch.exp(-right).numpy(), torch.exp(-bad.mean(1)).numpy()
 
 
 def truth_ratios(model, tokenizer, qa, eos=False):
