@@ -112,8 +112,10 @@ def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True,
     models.check_gpu_memory(p)
     texts = [r['text'] for r in rows['forget'] + rows.get('retain', [])]
     before = None
-    if do_implant and reference == 'forget':  # before the implanted model
-        before = thresholds_before_implant(             # is in memory
+    if do_implant and reference == 'forget':
+        # measured first, so the base and the implanted model are never in
+        # memory together
+        before = thresholds_before_implant(
             p, [r['text'] for r in rows['forget']])
     if do_implant:
         model, tok, info = implant(p.model, texts, p, seed, progress)
