@@ -33,7 +33,7 @@ from ..core import WorkbenchError, data
 from .. import metrics
 from .. import methods
 from ..metrics.qa import (generate_answers, normalised_probability,
-                          qa_batch, truth_ratio_probs)
+                          option_nlls, qa_batch, truth_ratio_probs)
 from ..core.profiles import get_profile
 from ..core.profiles import sizes as profile_sizes
 from ..core.roles import Roles
@@ -337,15 +337,15 @@ def qa_metrics(model, tokenizer, questions, answers, correct, wrong,
     (with `normalised`, against the wrong options: real authors and world
     facts), the ROUGE-L recall of greedy answers, and the raw truth ratios
     (`correct` against `wrong`); with the answers generated."""
-    if normalised:
-        prob = normalised_probability(model, tokenizer, questions, answers,
-                                      wrong, eos=True)
+    args = (model, tokenizer, questions, correct, wrong)
+    nlls = option_nlls(*args, eos=True)  # one pass for both numbers
+    if normalised:  # the options' probabilities, of `correct` = `answers`
+        prob = normalised_probability(*args, nlls=nlls)
     else:
         prob = metrics.answer_probability(model, tokenizer, questions,
                                           answers, eos=True).numpy()
     generated = generate_answers(model, tokenizer, questions, ANSWER_TOKENS)
-    right, bad = truth_ratio_probs(model, tokenizer, questions, correct,
-                                   wrong, eos=True)
+    right, bad = truth_ratio_probs(*args, nlls=nlls)
     return {'probability': float(prob.mean()),
             'ROUGE': float(metrics.rouge_l_recall(generated, answers).mean()),
             'right': right, 'wrong': bad, 'ratios': bad / (right + 1e-10),

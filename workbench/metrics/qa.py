@@ -83,20 +83,25 @@ def option_nlls(model, tokenizer, questions, correct, wrong, eos=False):
 
 
 def normalised_probability(model, tokenizer, questions, correct, wrong,
-                           eos=False):
+                           eos=False, nlls=None):
     """OpenUnlearning's `probability_w_options`, per question:
     P(correct) / (P(correct) + sum of P(wrong) + 1e-10), each P
-    length-normalised (TOFU's real-authors and world-facts probability)."""
-    right, bad = option_nlls(model, tokenizer, questions, correct, wrong, eos)
+    length-normalised (TOFU's real-authors and world-facts probability).
+    `nlls`: `option_nlls` of the same answers, if at hand."""
+    right, bad = nlls or option_nlls(model, tokenizer, questions, correct,
+                                     wrong, eos)
     right, wrong_sum = torch.exp(-right), torch.exp(-bad).sum(1)
     return (right / (right + wrong_sum + 1e-10)).numpy()
 
 
-def truth_ratio_probs(model, tokenizer, questions, correct, wrong, eos=False):
+def truth_ratio_probs(model, tokenizer, questions, correct, wrong, eos=False,
+                      nlls=None):
     """(P_norm(correct), P_norm(wrong)) of each question, as numpy arrays:
     the wrong answers combined as exp(-their mean avg NLL), as
-    OpenUnlearning averages their losses before the exponential."""
-    right, bad = option_nlls(model, tokenizer, questions, correct, wrong, eos)
+    OpenUnlearning averages their losses before the exponential. `nlls`:
+    `option_nlls` of the same answers, if at hand."""
+    right, bad = nlls or option_nlls(model, tokenizer, questions, correct,
+                                     wrong, eos)
     return torch.exp(-right).numpy(), torch.exp(-bad.mean(1)).numpy()
 
 
