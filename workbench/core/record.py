@@ -13,6 +13,7 @@ seeds each claim held in.
 """
 import json
 import resource
+import statistics
 import time
 
 import psutil
@@ -96,10 +97,8 @@ def _spread(values):
     known = [v for v in values if v is not None]
     if not known:
         return {'values': values}
-    mean = sum(known) / len(known)
-    var = (sum((v - mean) ** 2 for v in known) / (len(known) - 1)
-           if len(known) > 1 else 0.0)
-    return {'values': values, 'mean': mean, 'std': var ** 0.5,
+    return {'values': values, 'mean': statistics.fmean(known),
+            'std': statistics.stdev(known) if len(known) > 1 else 0.0,
             'min': min(known), 'max': max(known)}
 
 
