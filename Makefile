@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 PROFILE ?= cpu
 TORCH := torch==2.13.0
 
-.PHONY: setup browser demo test test-fast test-ui lab bench clean
+.PHONY: setup browser demo test test-fast test-ui test-device lab bench clean
 
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: setup browser
 
 test-ui: setup browser
 	$(PY) -m pytest -q -m ui
+
+# every method and measurement on every device present (CUDA where there
+# is one), in float32 and bfloat16, with two tokenizers; `make test` runs it too
+test-device: setup
+	$(PY) -m pytest -q -m device
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not notebooks and not ui"

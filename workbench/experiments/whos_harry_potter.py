@@ -190,17 +190,23 @@ def measure(setup, role, world=True):
     return out, texts
 
 
-def labels(setup, alpha, exclude_anchored=True):
-    """Generic labels of every paragraph for `alpha` (the three forward
-    passes run once; other alphas reuse them)."""
+def pieces(setup):
+    """The generic-label pieces of every paragraph (`whp.generic_pieces`),
+    made on first use: three forward passes a paragraph, whatever alpha."""
     if not setup.pieces:
         setup.pieces = whp.generic_pieces(
             setup.roles, 'baseline', 'reinforced', setup.texts,
             setup.anchors)
+    return setup.pieces
+
+
+def labels(setup, alpha, exclude_anchored=True):
+    """Generic labels of every paragraph for `alpha` (the three forward
+    passes run once; other alphas reuse them)."""
     excluded = whp.anchor_starts(setup.tokenizer, setup.anchors) \
         if exclude_anchored else ()
     return [whp.labels_from(*piece, alpha, excluded)
-            for piece in setup.pieces]
+            for piece in pieces(setup)]
 
 
 def label_stats(setup, alphas, exclude_anchored=True):
@@ -210,10 +216,10 @@ def label_stats(setup, alphas, exclude_anchored=True):
     the base model's mean log-probability of them on the original text (a
     measure of how fluent they are)."""
     starts = set(whp.anchor_starts(setup.tokenizer, setup.anchors))
-    rows, logps = [], []
+    rows, logps, made = [], [], pieces(setup)
     with setup.roles.active(None) as m, torch.no_grad():
         device = next(m.parameters()).device
-        for ids, t_idx, *_ in setup.pieces:
+        for ids, t_idx, *_ in made:
             x = torch.tensor([ids], device=device)
             logps.append(torch.log_softmax(m(input_ids=x).logits[0].float(),
                                            -1)[t_idx.to(device)].cpu())
@@ -221,7 +227,7 @@ def label_stats(setup, alphas, exclude_anchored=True):
         used = labels(setup, alpha, exclude_anchored)
         same = story = total = 0
         lp = 0.0
-        for piece, (_, lab), base_lp in zip(setup.pieces, used, logps):
+        for piece, (_, lab), base_lp in zip(made, used, logps):
             ids, t_idx = piece[:2]
             top = whp.labels_from(*piece, alpha)[1][t_idx + 1]
             lab = lab[t_idx + 1]
