@@ -242,3 +242,28 @@ def test_two_processes_build_one_entry_in_turn(tiny_model_dir, cache):
     assert all(p.returncode == 0 for p in procs)
     assert sorted(json.loads(o.strip().splitlines()[-1]) for o in outs) == \
         [False, True]
+
+
+def test_full_weights_train_in_float32_whatever_dtype_they_came_in(tiny):
+    """An Adam step of 1e-5 on a weight near 1 is below half a bfloat16
+    step (2^-8): in bfloat16 it is rounded away, in float32 it lands."""
+    from workbench.core.train import TrainConfig, train
+    from conftest import random_tokens
+    from workbench.core.scoring import token_nll
+    model = tiny.to(torch.bfloat16)
+    profile = get_profile('smoke', lora=False)
+
+    def one_step(m):
+        before = {k: p.detach().float().clone()
+                  for k, p in m.named_parameters()}
+        train(m, token_nll, iter([random_tokens()]),
+              TrainConfig(lr=1e-5, steps=1, progress=False))
+        norm = [k for k in before if 'norm' in k]  # weights of 1
+        return sum(int((dict(m.named_parameters())[k].float()
+                        != before[k]).sum()) for k in norm)
+
+    import copy
+    assert one_step(copy.deepcopy(model)) == 0  # lost in bfloat16
+    trainable = models.prepare(model, profile)
+    assert next(trainable.parameters()).dtype == torch.float32
+    assert one_step(trainable) > 0

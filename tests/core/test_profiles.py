@@ -47,3 +47,23 @@ def test_a_renamed_profile_is_refused_before_anything_loads(module,
     with pytest.raises(WorkbenchError,
                        match="unknown profile 'mine'; choose one of smoke"):
         module.setup(mine, progress=False)
+
+
+@pytest.mark.parametrize('capability,lora,dtype', [
+    ((9, 0), True, 'bfloat16'), ((8, 0), True, 'bfloat16'),
+    ((7, 5), True, 'float16'), ((7, 0), True, 'float16'),
+    ((9, 0), False, 'float32'), ((7, 5), False, 'float32')])
+def test_gpu_profiles_take_their_precision_from_the_hardware(
+        monkeypatch, capability, lora, dtype):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                        lambda *a: capability)
+    for name in ('gpu', '7b'):
+        p = get_profile(name, lora=lora)
+        assert p.dtype == 'auto' and p.precision == dtype
+        assert p.as_dict()['dtype'] == dtype  # the record says what ran
+    # a profile that names its dtype keeps it; a CPU computes in float32
+    assert get_profile('gpu', dtype='bfloat16').precision == 'bfloat16'
+    assert get_profile('gpu', dtype='auto', device='cpu').precision == \
+        'float32'

@@ -27,8 +27,9 @@ def implant_key(model_name, texts, profile, seed):
     spec = {'version': VERSION, 'model': model_name,
             'resolved': models.identity(model_name), 'texts': list(texts),
             'seed': seed,
+            'dtype': profile.precision,
             **{k: getattr(profile, k) for k in (
-                'dtype', 'lora', 'lora_r', 'batch_size', 'implant_lr',
+                'lora', 'lora_r', 'batch_size', 'implant_lr',
                 'implant_epochs', 'implant_target_ma')}}
     return key_of(spec)
 

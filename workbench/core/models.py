@@ -257,7 +257,7 @@ def load_causal_lm(name, profile=None, weights=None):
     heap.configure()  # the allocator's settings, before the weights land
     if profile is not None:
         check_gpu_memory(profile)
-    dtype = getattr(torch, profile.dtype) if profile else torch.float32
+    dtype = getattr(torch, profile.precision) if profile else torch.float32
     device = profile.device if profile else 'cpu'
     path = resolve(name).path
     with hub_errors(name):
@@ -309,6 +309,13 @@ def prepare(model, profile):
         model.config.use_cache = False
     if profile.lora:
         return add_lora(model, profile.lora_r)
+    if next(model.parameters()).dtype != torch.float32:
+        # Adam's updates under half a step of a 16-bit weight are rounded
+        # away: full weights train in float32, whatever the model came in
+        print(f'note: full-weight training in float32 (the model came in '
+              f'{next(model.parameters()).dtype}; Adam\'s small updates '
+              f'would be lost there)')
+        model.float()
     keep_reference(model)
     return model
 

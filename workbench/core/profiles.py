@@ -11,6 +11,8 @@ real lesson on a laptop (under 2 GB), `gpu` a 1-2B model on a Colab-size GPU,
 """
 from dataclasses import asdict, dataclass, replace
 
+import torch
+
 from . import WorkbenchError
 
 
@@ -20,7 +22,9 @@ class Profile:
     name: str
     model: str  # a name `workbench.core.models.resolve` understands
     encoder: str  # the classifier backbone
-    dtype: str  # 'float32' or 'bfloat16'
+    # 'float32', 'bfloat16', 'float16', or 'auto': chosen from the GPU at
+    # hand (`precision`)
+    dtype: str
     device: str  # 'cpu', 'cuda' or 'auto'
     lora: bool  # train LoRA adapters instead of all weights
     lora_r: int
@@ -47,9 +51,36 @@ class Profile:
     role_layers: int = 0
     min_gpu_gb: float = 0.0  # GiB of GPU memory the profile needs
 
+    @property
+    def precision(self):
+        """The dtype the model runs in here: the profile's own, or for
+        'auto' the one this machine computes natively (`hardware_dtype`)."""
+        if self.dtype != 'auto':
+            return self.dtype
+        return hardware_dtype(self.device, self.lora)
+
     def as_dict(self):
-        """Plain dict, for the results record."""
-        return asdict(self)
+        """Plain dict, for the results record (with the dtype used)."""
+        return dict(asdict(self), dtype=self.precision)
+
+
+def hardware_dtype(device, lora):
+    """The weights' dtype for `device`: float32 on a CPU, and on a GPU
+    - bfloat16 where it computes bfloat16 natively (compute capability 8.0
+      and up: A100, L4, H100);
+    - else float16 for a frozen base under LoRA, whose adapters peft
+      keeps in float32 (a T4 or V100 only emulates bfloat16, slowly);
+    - float32 for full-weight training on any GPU: Adam's updates under
+      half a bfloat16 step (2^-9 of a weight) would be rounded away.
+    """
+    if device == 'cpu':
+        return 'float32'
+    if not lora:
+        return 'float32'
+    if not torch.cuda.is_available() or \
+            torch.cuda.get_device_capability() >= (8, 0):
+        return 'bfloat16'
+    return 'float16'
 
 
 PROFILES = {
@@ -70,7 +101,7 @@ PROFILES = {
         el_stride=10, role_layers=10),
     'gpu': Profile(
         name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
-        encoder='FacebookAI/roberta-base', dtype='bfloat16', device='cuda',
+        encoder='FacebookAI/roberta-base', dtype='auto', device='cuda',
         lora=True, lora_r=16, gradient_checkpointing=False, n_forget=10,
         n_retain=30, n_unseen=20, n_world=120, batch_size=8, micro_batch=8,
         implant_lr=1e-3, implant_epochs=20, implant_target_ma=0.95,
@@ -80,7 +111,7 @@ PROFILES = {
     # plus a KL to the reference peaked at 15.8 GB (bench/gpu_7b.py, H100)
     '7b': Profile(
         name='7b', model='mistralai/Mistral-7B-v0.1',
-        encoder='FacebookAI/roberta-large', dtype='bfloat16', device='cuda',
+        encoder='FacebookAI/roberta-large', dtype='auto', device='cuda',
         lora=True, lora_r=16, gradient_checkpointing=True, n_forget=10,
         n_retain=30, n_unseen=20, n_world=120, batch_size=8, micro_batch=8,
         implant_lr=5e-4, implant_epochs=20, implant_target_ma=0.95,

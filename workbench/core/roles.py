@@ -177,7 +177,7 @@ class Roles:
                 **({'start': start} if start else {}),
                 'texts': list(texts), 'epochs': epochs, 'lr': lr,
                 'seed': seed, 'r': p.lora_r, 'layers': p.role_layers,
-                'dtype': p.dtype,
+                'dtype': p.precision,
                 'batch_size': p.batch_size}
         return key_of(spec)
 

@@ -114,7 +114,7 @@ def setup(profile, mode=None, progress=True, rows=None):
     elif mode == 'finetune':
         check_gpu_memory(profile)  # before loading anything
         name = getattr(profile, sizes['backbone'])
-        dtype = getattr(torch, profile.dtype)
+        dtype = getattr(torch, profile.precision)
         model, tok = load_classifier(name, lora_r=8, dtype=dtype,
                                      gradient_checkpointing=(
                                          profile.gradient_checkpointing))
