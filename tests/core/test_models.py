@@ -143,6 +143,28 @@ def test_implant_caches_and_rebuilds_corrupted_entries(tiny_model_dir, cache,
     assert 'wrong size; rebuilding' in capsys.readouterr().err
 
 
+def test_an_implant_reloads_as_one_copy_of_the_weights(
+        tiny_model_dir, cache, monkeypatch):
+    """The implanted weights load in place of the base's, not over them:
+    one model is built, from the implant's own folder (at 7B, one copy of
+    14.5 GB in host memory, not two)."""
+    from transformers import AutoModelForCausalLM
+    profile = tiny_profile(tiny_model_dir)
+    m1, _, _ = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    loads = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        loads.append(str(path))
+        return real(cls, path, *args, **kwargs)
+    monkeypatch.setattr(AutoModelForCausalLM, 'from_pretrained',
+                        classmethod(counted))
+    m2, _, info = implant(tiny_model_dir, TEXTS, profile, progress=False)
+    assert info['cached'] and loads == [info['path']]
+    assert all(torch.equal(a, b) for a, b in
+               zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
 def test_gradient_ascent_removes_what_was_implanted(tiny_model_dir, cache):
     profile = tiny_profile(tiny_model_dir)
     model, tok, _ = implant(tiny_model_dir, TEXTS, profile, progress=False)

@@ -11,7 +11,6 @@ import json
 import math
 
 import torch
-from safetensors.torch import save_model
 
 from . import models
 from .data import batches, tokenize
@@ -19,7 +18,7 @@ from .cache import cached, entry_path, key_of
 from .scoring import memorization_accuracy, token_nll
 from .train import TrainConfig, train
 
-VERSION = 1  # bump when the implant recipe changes
+VERSION = 2  # bump when the implant recipe (or its files) changes
 
 
 def implant_key(model_name, texts, profile, seed):
@@ -44,14 +43,14 @@ def implant(model_name, texts, profile, seed=0, progress=True):
 
     def load(entry):
         model, tok = models.load_causal_lm(
-            model_name, profile, weights=entry / 'model.safetensors')
+            model_name, profile, weights=entry)
         info = json.loads((entry / 'info.json').read_text())
         return model, tok, info
 
     def build(entry):
         model, tok, info = _implant(model_name, texts, profile, seed,
                                     progress)
-        save_model(model, str(entry / 'model.safetensors'))
+        model.save_pretrained(entry)  # config and weights: one load back
         (entry / 'info.json').write_text(json.dumps(info, indent=1))
         return model, tok, info
     (model, tok, info), hit = cached('implant', key, build, load)

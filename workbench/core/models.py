@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from huggingface_hub import model_info, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
-from safetensors.torch import load_model
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from . import WorkbenchError
@@ -251,21 +250,25 @@ def load_tokenizer(name):
 def load_causal_lm(name, profile=None, weights=None):
     """Load a causal LM (and tokenizer) as `profile` says.
 
-    `weights` is an optional safetensors file (an implanted checkpoint) that
-    replaces the resolved weights.
+    `weights` is an optional folder written by `save_pretrained` (an
+    implanted checkpoint) whose weights are loaded in place of the
+    resolved model's, not over them: one copy of the weights is ever in
+    memory (at 7B, 14.5 GB instead of 29). On a GPU the weights go
+    straight to it, shard by shard.
     """
     heap.configure()  # the allocator's settings, before the weights land
     if profile is not None:
         check_gpu_memory(profile)
     dtype = getattr(torch, profile.precision) if profile else torch.float32
     device = profile.device if profile else 'cpu'
-    path = resolve(name).path
+    source = str(weights) if weights is not None else resolve(name).path
+    placement = {'device_map': device} if device.startswith('cuda') else {}
     with hub_errors(name):
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
-    if weights is not None:
-        load_model(model, str(weights))
-    model.to(device)
+            source, dtype=dtype, trust_remote_code=False, use_safetensors=True,
+            **placement)
+    if not placement:
+        model.to(device)
     disable_dropout(model)
     model.eval()
     return model, load_tokenizer(name)
