@@ -49,3 +49,29 @@ def test_live_figure_collects_events():
         assert list(fig._widget.data[1].y) == [1.0, 0.9, 0.8]
     fig.reset()
     assert len(fig.figure().data[0].y) == 0
+
+
+def test_on_colab_the_live_figure_redraws_through_its_display_handle(
+        monkeypatch):
+    """Colab's widget manager shows a FigureWidget as an empty box: there
+    the figure is a plain one, replaced in place through its handle."""
+    import sys
+    import types
+    monkeypatch.setitem(sys.modules, 'google.colab',
+                        types.ModuleType('google.colab'))
+    monkeypatch.delenv('WORKBENCH_HEADLESS', raising=False)
+    shown = []
+
+    class Handle:
+        def update(self, obj):
+            shown.append(obj)
+
+    def display(obj, display_id=False):
+        shown.append(obj)
+        return Handle() if display_id else None
+    monkeypatch.setattr(live, 'display', display)
+    fig = live.LiveFigure({'loss': ['loss']}).show()
+    assert fig._widget is None and len(shown) == 1
+    fig({'step': 1, 'kind': 'eval', 'loss': 0.5})
+    assert len(shown) == 2 and list(shown[-1].data[0].y) == [0.5]
+    assert all(type(f).__name__ == 'Figure' for f in shown)

@@ -4,14 +4,17 @@
   Run button that calls `run(config)`; `panel.run()` runs it with the
   current values, so a headless (papermill) run exercises the same path.
 - `LiveFigure` subscribes to the training loop's events and redraws while a
-  run trains: a plotly FigureWidget where it works, a re-rendered figure in
-  an Output widget where it does not. Headless (`WORKBENCH_HEADLESS=1`), it
-  draws one static figure at the end, which survives export to HTML.
+  run trains: a plotly FigureWidget where it works, else (Colab, whose
+  widget manager does not render it; no anywidget) a plain figure
+  re-displayed through its display handle. Headless
+  (`WORKBENCH_HEADLESS=1`), it draws one static figure at the end, which
+  survives export to HTML.
 """
 import html
 import inspect
 import math
 import os
+import sys
 import time
 from dataclasses import fields, replace
 
@@ -116,7 +119,11 @@ def panel(config, run, title='Run'):
 
 
 def _figure_widget_works():
-    """Constructing a FigureWidget is the only reliable test (anywidget)."""
+    """Whether a FigureWidget will render here: not on Colab (its widget
+    manager shows an empty box), and only where one can be constructed
+    (importing it succeeds without anywidget; building one does not)."""
+    if 'google.colab' in sys.modules:
+        return False
     try:
         go.FigureWidget()
         return True
@@ -137,7 +144,7 @@ class LiveFigure:
         self.height, self.redraw_every = height, redraw_every
         self.points = {k: ([], []) for keys in groups.values() for k in keys}
         self._last = 0.0
-        self._widget = self._output = None
+        self._widget = self._handle = None
 
     def _build(self, widget):
         cols = len(self.groups)
@@ -160,9 +167,9 @@ class LiveFigure:
         if _figure_widget_works():
             self._widget = self._build(widget=True)
             display(self._widget)
-        else:
-            self._output = widgets.Output()
-            display(self._output)
+        else:  # a plain figure, replaced in place at each redraw
+            self._handle = display(self._build(widget=False),
+                                   display_id=True)
         return self
 
     def reset(self):
@@ -192,10 +199,8 @@ class LiveFigure:
             with self._widget.batch_update():
                 for trace, k in zip(self._widget.data, keys):
                     trace.x, trace.y = self.points[k]
-        elif self._output is not None:
-            with self._output:
-                self._output.clear_output(wait=True)
-                display(self._build(widget=False))
+        elif self._handle is not None:
+            self._handle.update(self._build(widget=False))
 
     def figure(self):
         """A static plotly figure of everything recorded so far."""
