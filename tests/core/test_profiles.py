@@ -67,3 +67,20 @@ def test_gpu_profiles_take_their_precision_from_the_hardware(
     assert get_profile('gpu', dtype='bfloat16').precision == 'bfloat16'
     assert get_profile('gpu', dtype='auto', device='cpu').precision == \
         'float32'
+
+
+def test_a_profile_of_ones_own_from_a_json_file(tmp_path):
+    path = tmp_path / 'mine.json'
+    path.write_text('{"base": "cpu", "model": "my/folder", "n_world": 8}')
+    p = get_profile(str(path))
+    assert (p.name, p.model, p.n_world) == ('cpu', 'my/folder', 8)
+    assert p.lora == get_profile('cpu').lora  # the rest is the base's
+    assert get_profile(str(path), n_world=4).n_world == 4
+    for text, says in (('{"model": "x"}', '"base" must name'),
+                       ('{"base": "cpu", "colour": 1}', 'unknown profile'),
+                       ('{"base": "cpu", "name": "x"}', "base's"),
+                       ('[1]', 'not a JSON object'),
+                       ('{"base": ', 'not readable JSON')):
+        path.write_text(text)
+        with pytest.raises(WorkbenchError, match=says):
+            get_profile(str(path))

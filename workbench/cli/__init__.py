@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..core import WorkbenchError, record
 from ..core.paths import NOTEBOOK_DIR, results_dir
-from ..core.profiles import PROFILES, get_profile
+from ..core.profiles import PROFILES, get_profile, profile_arg
 from ..methods import REGISTRY
 from ..core.models import list_models
 from .inputs import check_out
@@ -198,6 +198,14 @@ def number(kind, low, high=None, above=False):
     return parse
 
 
+def profile_name(text):
+    """An argparse type: a profile's name, or a JSON file of one."""
+    try:
+        return profile_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def seed_list(text):
     """An argparse type: a comma list of distinct whole numbers >= 0."""
     try:
@@ -215,7 +223,9 @@ def build_parser():
     sub.add_parser('profiles', help='the run profiles')
     run = sub.add_parser('run', help='execute a notebook headless')
     run.add_argument('notebook', help="e.g. 00_tour")
-    run.add_argument('--profile', default='smoke', choices=PROFILES)
+    run.add_argument('--profile', default='smoke', type=profile_name,
+                     help=f'{", ".join(PROFILES)}, or a .json file of '
+                          f'a profile (see README)')
     run.add_argument('--out', default=None, help='results folder')
     run.add_argument('-p', '--param', nargs=2, action='append',
                      metavar=('NAME', 'VALUE'), help='notebook parameter')
@@ -251,7 +261,9 @@ def build_parser():
     un.add_argument('--implant-epochs', type=number(int, 1),
                     help="most implant epochs (default: the profile's; "
                          "loo and kga: epochs of every model, 4)")
-    un.add_argument('--profile', default='cpu', choices=PROFILES)
+    un.add_argument('--profile', default='cpu', type=profile_name,
+                    help=f'{", ".join(PROFILES)}, or a .json file of a '
+                         f'profile')
     un.add_argument('--steps', type=number(int, 1),
                     help='unlearning steps')
     un.add_argument('--lr', type=number(float, 0, above=True),

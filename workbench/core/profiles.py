@@ -9,7 +9,9 @@ own beside its set-up, keyed by the same profile names and read through
 real lesson on a laptop (under 2 GB), `gpu` a 1-2B model on a Colab-size GPU,
 `7b` a 7B model on one large GPU with LoRA, bf16 and gradient checkpointing.
 """
+import json
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -121,18 +123,55 @@ PROFILES = {
 
 
 def get_profile(name, **overrides):
-    """The named profile, with any fields replaced by `overrides`."""
+    """The named profile, with any fields replaced by `overrides`.
+
+    `name` may also be a JSON file of a profile of one's own: the profile
+    it starts from (`"base"`, whose sizes every notebook then takes) and
+    the fields it replaces, e.g. `{"base": "cpu", "model": "my/folder",
+    "device": "cuda", "dtype": "auto"}`."""
     if isinstance(name, Profile):
         profile = name
     elif name in PROFILES:
         profile = PROFILES[name]
+    elif str(name).endswith('.json') and Path(name).is_file():
+        return from_file(name, **overrides)
     else:
         raise WorkbenchError(f'unknown profile {name!r}; choose one of '
-                             f'{", ".join(PROFILES)}')
+                             f'{", ".join(PROFILES)}, or a .json file of '
+                             f'one')
     unknown = set(overrides) - set(Profile.__dataclass_fields__)
     if unknown:
         raise WorkbenchError(f'unknown profile field(s): {sorted(unknown)}')
     return replace(profile, **overrides)
+
+
+def from_file(path, **overrides):
+    """A profile from a JSON file (see `get_profile`)."""
+    try:
+        fields_ = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WorkbenchError(f'profile file {path}: not readable JSON '
+                             f'({e})') from None
+    if not isinstance(fields_, dict):
+        raise WorkbenchError(f'profile file {path}: not a JSON object')
+    base = fields_.pop('base', None)
+    if base not in PROFILES:
+        raise WorkbenchError(f'profile file {path}: "base" must name the '
+                             f'profile it starts from, one of '
+                             f'{", ".join(PROFILES)}')
+    if 'name' in fields_:
+        raise WorkbenchError(f'profile file {path}: the name is its base\'s '
+                             f'(the notebooks size themselves by it)')
+    return get_profile(base, **{**fields_, **overrides})
+
+
+def profile_arg(text):
+    """`text` if it names a profile or a profile file, else ValueError
+    (for the command line's `--profile`)."""
+    if text in PROFILES or (text.endswith('.json') and Path(text).is_file()):
+        return text
+    raise ValueError(f'{text!r} is not a profile ({", ".join(PROFILES)}) '
+                     f'or a .json file of one')
 
 
 def sizes(table, profile, **overrides):
