@@ -42,3 +42,13 @@ def test_merge_of_one_seed_and_of_a_claim_some_seeds_did_not_test():
     assert rec['claims'][0]['seeds'] == 1
     assert rec['metrics']['extra']['after']['values'] == [None, 1.0]
     assert rec['metrics']['extra']['after']['mean'] == 1.0
+
+
+def test_a_record_says_the_device_and_dtype_it_ran_in():
+    from workbench.core.profiles import get_profile
+    rec = record.Record('00_tour', get_profile('cpu'), 0, 'smollm2-135m')
+    assert (rec.data['profile'], rec.data['device'], rec.data['dtype']) == \
+        ('cpu', 'cpu', 'float32')
+    merged = record.merge([dict(rec.data, seed=0, elapsed_s=1,
+                                peak_rss_mb=1)])
+    assert merged['dtype'] == 'float32'

@@ -88,7 +88,7 @@ def unlearn_files(args, files):
               f'known better than unseen text; left out', file=sys.stderr)
         setup.rows['forget'] = [setup.rows['forget'][i] for i in learned]
         setup.tokens['forget'] = {k: v[learned] for k, v in f.items()}
-    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    rec = Record(f'unlearn_{args.method}', profile, 0, profile.model)
     rec.data['thresholds_from'] = source
     before = people.measure(setup, setup.model)
     thresholds = dict(setup.thresholds)
@@ -218,7 +218,7 @@ def unlearn_roles(args, files):
     tokens = {'forget': data.tokenize(tok, texts(forget)),
               'retain': data.tokenize(tok, texts(retain)),
               'holdout': data.tokenize(tok, texts(holdout))}
-    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    rec = Record(f'unlearn_{args.method}', profile, 0, profile.model)
     if args.method == 'loo':
         roles.fit('student', all_texts, epochs, lr, desc='student')
         teachers = []
@@ -351,7 +351,7 @@ def unlearn_generic(args, files):
     run = unlearn_llmu if args.method == 'llmu' else unlearn_whp
     before, after, result, config, extra = run(args, files, profile, tok,
                                                not args.quiet)
-    rec = Record(f'unlearn_{args.method}', profile.name, 0, profile.model)
+    rec = Record(f'unlearn_{args.method}', profile, 0, profile.model)
     _report(rec, args, before, after, result, config, **extra)
     return rec.save(results_dir(args.out))
 

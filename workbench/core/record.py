@@ -1,7 +1,7 @@
 """The results record: one JSON per notebook or CLI run.
 
     {"notebook": ..., "profile": ..., "seed": ..., "model": ...,
-     "elapsed_s": ..., "peak_rss_mb": ...,
+     "device": ..., "dtype": ..., "elapsed_s": ..., "peak_rss_mb": ...,
      "metrics": {"forget/EL_10": {"before": ..., "after": ...}, ...},
      "thresholds": {"EL_10": ..., "MA": ...},
      "claims": [{"id": ..., "holds": ..., "evidence": ...}]}
@@ -32,9 +32,16 @@ class Record:
     """Collects one run's metrics, thresholds and claims."""
 
     def __init__(self, notebook, profile, seed, model):
+        """`profile`: the run's `Profile` (its name, device and the dtype
+        it ran in are recorded), or just its name."""
+        run_on = {}
+        if hasattr(profile, 'precision'):
+            run_on = {'device': profile.device, 'dtype': profile.precision}
+            profile = profile.name
         self.data = {'notebook': notebook, 'profile': profile, 'seed': seed,
-                     'model': model, 'elapsed_s': None, 'peak_rss_mb': None,
-                     'metrics': {}, 'thresholds': {}, 'claims': []}
+                     'model': model, **run_on, 'elapsed_s': None,
+                     'peak_rss_mb': None, 'metrics': {}, 'thresholds': {},
+                     'claims': []}
         # elapsed time counts from the start of the process (the kernel)
         self._start = psutil.Process().create_time()
 
@@ -114,7 +121,8 @@ def merge(records):
     if not records:
         raise ValueError('no records to merge')
     seeds = [r['seed'] for r in records]
-    out = {k: records[0][k] for k in ('notebook', 'profile', 'model')}
+    out = {k: records[0][k] for k in ('notebook', 'profile', 'model',
+                                      'device', 'dtype') if k in records[0]}
     out.update(seeds=seeds,
                elapsed_s=round(sum(r['elapsed_s'] or 0 for r in records), 1),
                peak_rss_mb=max(r['peak_rss_mb'] or 0 for r in records),
