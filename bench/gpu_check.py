@@ -74,7 +74,8 @@ def device_step(args):
     t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-         '-m', 'device', str(ROOT / 'tests' / 'device')],
+         '-m', 'device', *(['-k', args.select] if args.select else []),
+         str(ROOT / 'tests' / 'device')],
         capture_output=True, text=True, cwd=ROOT)
     lines = proc.stdout.strip().splitlines()
     report = {'seconds': time.perf_counter() - t,
@@ -282,6 +283,9 @@ def main(argv=None):
     parser.add_argument('--tokens', type=int, default=256)
     parser.add_argument('--train-steps', dest='steps_n', type=int,
                         default=3)
+    parser.add_argument('--select', default='',
+                        help="the device suite's tests to run (pytest -k; "
+                             "all: empty)")
     parser.add_argument('--tokenizers', default=None)
     parser.add_argument('--wheels', default=None)
     parser.add_argument('--prepare', default=None, metavar='DIR')
