@@ -2,8 +2,8 @@
 kernel started through it, and whatever children the kernel starts, all
 in one container of 2 GiB.
 
-    python bench/binder.py --profile binder --notebooks 00,04 --out bench/binder.json
-    python bench/binder.py --profile binder                   # all of them
+    python bench/binder.py --notebooks 00,04 --out bench/binder.json
+    python bench/binder.py --profile cpu                   # all of them
 
 Starts JupyterLab's server as Binder does (`jupyter lab`, no browser),
 then for each notebook: its parameters injected by papermill (the
@@ -19,6 +19,10 @@ notebook:
   of these processes;
 - `peak_tree_rss_gib`: the same sum of resident sizes (shared pages
   counted in each process: an upper bound);
+- `peak_tree_anon_gib`: the tree's anonymous memory (resident, less the
+  pages mapped from files: the model's weights, which load mapped from
+  their safetensors file, and the libraries), the part the kernel cannot
+  reclaim under the limit and the OOM killer counts;
 - `peak_kernel_gib`: the kernel's own largest resident size;
 - wall minutes, and the failing cell if one failed.
 
@@ -59,10 +63,11 @@ class TreeSampler(threading.Thread):
         self._stop = threading.Event()
 
     def reset(self):
-        self.peak_pss = self.peak_rss = self.peak_kernel = 0
+        self.peak_pss = self.peak_rss = self.peak_anon = 0
+        self.peak_kernel = 0
 
     def sample(self):
-        pss = rss = kernel = 0
+        pss = rss = anon = kernel = 0
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
@@ -73,10 +78,12 @@ class TreeSampler(threading.Thread):
             except psutil.Error:  # gone between listing and reading
                 continue
             pss, rss = pss + info.pss, rss + info.rss
+            anon += info.rss - info.shared  # shared: file-backed pages
             if p.pid in self.kernel_pids:
                 kernel = max(kernel, info.rss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_anon = max(self.peak_anon, anon)
         self.peak_kernel = max(self.peak_kernel, kernel)
 
     def run(self):
@@ -208,6 +215,7 @@ def measure(names, profile, limit, out=None):
                          'minutes': (time.perf_counter() - t) / 60,
                          'peak_tree_gib': sampler.peak_pss / GIB,
                          'peak_tree_rss_gib': sampler.peak_rss / GIB,
+                         'peak_tree_anon_gib': sampler.peak_anon / GIB,
                          'peak_kernel_gib': sampler.peak_kernel / GIB,
                          'server_idle_gib': idle}
                 if failure:
@@ -218,7 +226,8 @@ def measure(names, profile, limit, out=None):
                 failed.append(name)
             print(f"{name} {profile}: {entry['minutes']:.1f} min, tree "
                   f"{entry['peak_tree_gib']:.2f} GiB (RSS sum "
-                  f"{entry['peak_tree_rss_gib']:.2f}), kernel "
+                  f"{entry['peak_tree_rss_gib']:.2f}, anonymous "
+                  f"{entry['peak_tree_anon_gib']:.2f}), kernel "
                   f"{entry['peak_kernel_gib']:.2f} GiB"
                   + (f"; FAILED in cell {failure['cell']}: "
                      f"{failure['error']}" if failure else '')
@@ -237,7 +246,7 @@ def measure(names, profile, limit, out=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--profile', default='binder')
+    parser.add_argument('--profile', default='cpu')
     parser.add_argument('--notebooks', default='',
                         help='numbers or names, comma-separated (all: empty)')
     parser.add_argument('--limit-gib', type=float, default=1.8)

@@ -1,6 +1,5 @@
 """Profiles, and the one sizes table of each experiment keyed by them."""
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +14,13 @@ SIZED = (comparison, fairsisa, kga, llm_unlearning, loo_ensemble,
 
 @pytest.mark.parametrize('module', SIZED, ids=lambda m: m.__name__)
 def test_every_experiment_sizes_every_profile(module):
-    # a profile that takes another's sizes (binder: cpu's) has no row
-    own = {n for n, p in PROFILES.items() if not p.sizes_of}
-    assert set(module.SIZES) == own
-    assert all(sizes(module.SIZES, n) == module.SIZES[p.sizes_of or n]
-               for n, p in PROFILES.items())
+    assert set(module.SIZES) == set(PROFILES)
     shapes = {tuple(sorted(row)) for row in module.SIZES.values()}
     assert len(shapes) == 1, 'every profile sets the same sizes'
 
 
 def test_an_unknown_profile_is_one_error_naming_the_profiles():
-    with pytest.raises(WorkbenchError, match='smoke, cpu, binder, gpu, 7b'):
+    with pytest.raises(WorkbenchError, match='smoke, cpu, gpu, 7b'):
         get_profile('laptop')
     with pytest.raises(WorkbenchError, match="unknown profile 'laptop'"):
         sizes(kga.SIZES, 'laptop')
@@ -94,10 +89,5 @@ def test_a_profile_of_ones_own_from_a_json_file(tmp_path):
 def test_an_empty_profile_is_this_machines_default(monkeypatch):
     monkeypatch.delenv('WORKBENCH_PROFILE', raising=False)
     assert get_profile('').name == 'cpu'
-    monkeypatch.setenv('WORKBENCH_PROFILE', 'binder')  # binder/start
-    p = get_profile('')
-    assert p.name == 'binder' and p.precision == 'bfloat16'
-    assert sizes(kga.SIZES, p) == kga.SIZES['cpu']  # the cpu lesson
-    start = (Path(__file__).parents[2] / 'binder' / 'start').read_text()
-    assert 'export WORKBENCH_PROFILE=binder' in start
-    assert start.rstrip().endswith('exec "$@"')
+    monkeypatch.setenv('WORKBENCH_PROFILE', 'smoke')
+    assert get_profile('').name == 'smoke'

@@ -53,8 +53,6 @@ class Profile:
     # training many models on a CPU
     role_layers: int = 0
     min_gpu_gb: float = 0.0  # GiB of GPU memory the profile needs
-    # the experiments' sizes row it takes ('': its own name's)
-    sizes_of: str = ''
 
     @property
     def precision(self):
@@ -104,18 +102,6 @@ PROFILES = {
         micro_batch=2, implant_lr=3e-3, implant_epochs=20,
         implant_target_ma=0.9, unlearn_steps=20, unlearn_lr=1e-3, el_n=10,
         el_stride=10, role_layers=10),
-    # mybinder's container: 2 GiB for the server, the kernel and its
-    # children. The cpu profile's lesson, its sizes and settings, with the
-    # model's weights in bfloat16 (half of SmolLM2's 540 MB; the adapters
-    # train in float32): `bench/binder.py` measures every notebook in it
-    'binder': Profile(
-        name='binder', model='smollm2-135m', encoder='minilm',
-        dtype='bfloat16', device='cpu', lora=True, lora_r=16,
-        gradient_checkpointing=False, n_forget=8, n_retain=8, n_unseen=10,
-        n_world=60, batch_size=4, micro_batch=2, implant_lr=3e-3,
-        implant_epochs=20, implant_target_ma=0.9, unlearn_steps=20,
-        unlearn_lr=1e-3, el_n=10, el_stride=10, role_layers=10,
-        sizes_of='cpu'),
     'gpu': Profile(
         name='gpu', model='HuggingFaceTB/SmolLM2-1.7B-Instruct',
         encoder='FacebookAI/roberta-base', dtype='auto', device='cuda',
@@ -141,7 +127,7 @@ def get_profile(name, **overrides):
     """The named profile, with any fields replaced by `overrides`.
 
     An empty `name` is this machine's default: $WORKBENCH_PROFILE where
-    it is set (Binder sets `binder`, `binder/start`), else `cpu`.
+    it is set, else `cpu`.
     `name` may also be a JSON file of a profile of one's own: the profile
     it starts from (`"base"`, whose sizes every notebook then takes) and
     the fields it replaces, e.g. `{"base": "cpu", "model": "my/folder",
@@ -197,10 +183,7 @@ def sizes(table, profile, **overrides):
     """The row of an experiment's sizes `table` (profile name -> dict) for
     `profile` (a name or a Profile), with `overrides` replacing its
     entries."""
-    if isinstance(profile, str):
-        profile = PROFILES.get(profile, profile)
-    name = (profile.sizes_of or profile.name) \
-        if isinstance(profile, Profile) else profile
+    name = profile.name if isinstance(profile, Profile) else profile
     if name not in table:
         raise WorkbenchError(f'unknown profile {name!r}; choose one of '
                              f'{", ".join(table)}')
