@@ -289,3 +289,48 @@ def test_full_weights_train_in_float32_whatever_dtype_they_came_in(tiny):
     trainable = models.prepare(model, profile)
     assert next(trainable.parameters()).dtype == torch.float32
     assert one_step(trainable) > 0
+
+
+def test_a_model_loaded_only_to_read_needs_its_own_size(monkeypatch,
+                                                        tiny_model_dir):
+    """The annotator beside the model being unlearned, on a 16 GiB card
+    with 11 GiB free: the gpu profile's 12 GiB for training are refused,
+    the annotator's own size (1.7B parameters in bf16, about 4 GiB) is
+    not."""
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'mem_get_info',
+                        lambda: (11 * gib, 16 * gib))
+    monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                        lambda *a: (7, 5))
+    gpu = get_profile('gpu')
+    with pytest.raises(WorkbenchError, match='needs 12 GiB'):
+        models.check_gpu_memory(gpu)
+    models.check_gpu_memory(gpu, need_gib=4.2)
+    # the size is counted on an empty model of the config: the tiny one's
+    tiny = models.inference_gib(tiny_model_dir, gpu)
+    n = sum(p.numel() for p in
+            models.AutoModelForCausalLM.from_pretrained(
+                tiny_model_dir).parameters())
+    assert tiny == pytest.approx(n * 2 * 1.25 / gib)  # float16 on a T4
+
+
+def test_the_annotator_child_asks_for_its_own_size(monkeypatch, tmp_path):
+    from workbench.experiments import annotate
+    seen = {}
+
+    def load(name, profile, need_gib=None):
+        seen.update(name=name, need=need_gib)
+        raise WorkbenchError('stop here')
+    monkeypatch.setattr(annotate, 'load_causal_lm', load)
+    monkeypatch.setattr(annotate, 'inference_gib', lambda name, p: 3.5)
+    job = tmp_path / 'job.json'
+    import json
+    job.write_text(json.dumps({'texts': ['a'], 'model': 'm',
+                               'profile': get_profile('gpu').as_dict(),
+                               'progress': False}))
+    with pytest.raises(WorkbenchError, match='stop here'):
+        annotate._annotate_job(str(job))
+    assert seen == {'name': 'm', 'need': 3.5}

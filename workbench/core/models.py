@@ -203,21 +203,43 @@ def gpu_free_gib():
     return (free + idle) / 2**30, total / 2**30
 
 
-def check_gpu_memory(profile):
-    """Refuse, before loading, a profile that will not fit this machine."""
+def check_gpu_memory(profile, need_gib=None):
+    """Refuse, before loading, a profile that will not fit this machine:
+    `need_gib` free GiB (the profile's `min_gpu_gb` by default; a model
+    loaded only to read it, such as the annotator, needs its own size,
+    `inference_gib`)."""
     if profile.device != 'cuda':
         return
+    need = profile.min_gpu_gb if need_gib is None else need_gib
     if not torch.cuda.is_available():
         raise WorkbenchError(
             f'profile {profile.name!r} needs a CUDA GPU with at least '
-            f'{profile.min_gpu_gb:.0f} GiB; none is visible here. Use '
+            f'{need:.0f} GiB; none is visible here. Use '
             f'profile "cpu" (or "smoke") on this machine')
     free, total = gpu_free_gib()
-    if free < profile.min_gpu_gb:
+    if free < need:
         raise WorkbenchError(
-            f'profile {profile.name!r} needs {profile.min_gpu_gb:.0f} GiB of '
+            f'profile {profile.name!r} needs {need:.0f} GiB of '
             f'free GPU memory; this GPU has {free:.1f} of {total:.1f} GiB '
-            f'free (this process included)')
+            f'free (this process included: a model an earlier run of a '
+            f'cell still holds counts until it is deleted, or the kernel '
+            f'restarted)')
+
+
+def inference_gib(name, profile, margin=1.25):
+    """GiB a model needs on the GPU to be read (no training): its weights
+    in the profile's dtype, counted on an empty model of its config, plus
+    a quarter for activations and the allocator."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+    with hub_errors(name):
+        config = AutoConfig.from_pretrained(resolve(name).path)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config)
+    empty.tie_weights()  # a tied output head is no second matrix
+    size = torch.tensor([], dtype=getattr(torch, profile.precision)) \
+        .element_size()
+    return sum(p.numel() for p in empty.parameters()) * size * margin / 2**30
 
 
 @contextmanager
@@ -247,19 +269,20 @@ def load_tokenizer(name):
     return tok
 
 
-def load_causal_lm(name, profile=None, weights=None):
+def load_causal_lm(name, profile=None, weights=None, need_gib=None):
     """Load a causal LM (and tokenizer) as `profile` says.
 
     `weights` is an optional folder written by `save_pretrained` (an
     implanted checkpoint) whose weights are loaded in place of the
     resolved model's, not over them: one copy of the weights is ever in
     memory (at 7B, 14.5 GB instead of 29). On a GPU the weights go
-    straight to it, shard by shard.
+    straight to it, shard by shard. `need_gib`: the free GPU memory the
+    load needs, where not the profile's (`check_gpu_memory`).
     """
     heap.configure()  # the allocator's settings, before the weights land
     threads.configure()  # as many threads as the container's CPU quota
     if profile is not None:
-        check_gpu_memory(profile)
+        check_gpu_memory(profile, need_gib)
     dtype = getattr(torch, profile.precision) if profile else torch.float32
     device = profile.device if profile else 'cpu'
     source = str(weights) if weights is not None else resolve(name).path

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..core import WorkbenchError
 from ..core.scoring import greedy_continue
 from ..core.cache import cached_json, is_cached, key_of
-from ..core.models import in_child, load_causal_lm
+from ..core.models import in_child, inference_gib, load_causal_lm
 from ..core.profiles import Profile
 
 PROMPT_VERSION = 1
@@ -168,7 +168,12 @@ def annotate_with(texts, model_name, profile, progress=True):
 def _annotate_job(path):
     """What `annotate_with`'s child process runs."""
     job = json.loads(Path(path).read_text())
-    model, tok = load_causal_lm(job['model'], Profile(**job['profile']))
+    profile = Profile(**job['profile'])
+    # it only reads: it needs its own weights' room on the GPU, not the
+    # profile's for training (the parent's model holds the rest)
+    model, tok = load_causal_lm(job['model'], profile,
+                                need_gib=inference_gib(job['model'],
+                                                       profile))
     annotate(job['texts'], model, tok, job['model'],
              progress=job['progress'])
 
