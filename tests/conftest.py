@@ -38,14 +38,14 @@ class UniformLM(SuccessorLM):
         return SimpleNamespace(logits=logits, past_key_values=None)
 
 
-def tiny_llama(vocab=64, seed=0):
+def tiny_llama(vocab=64, seed=0, positions=256):
     """A randomly initialised two-layer model of SmolLM2's architecture."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=32,
                          intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256,
+                         max_position_embeddings=positions,
                          tie_word_embeddings=True, pad_token_id=0)
     return LlamaForCausalLM(config).eval()
 

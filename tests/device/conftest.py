@@ -14,6 +14,8 @@ from workbench.core.paths import DATA_DIR
 from workbench.core.profiles import get_profile
 from workbench.core.roles import Roles
 
+from conftest import tiny_llama
+
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 DTYPES = ['float32', 'bfloat16']
 TOKENIZERS = ['smollm2', 'bos']
@@ -25,16 +27,9 @@ HELPER_ROLES = ('original', 'teacher0', 'teacher1', 'A_f', 'A_n',
 
 
 def tiny_model(vocab, device, dtype, seed=0):
-    """Two layers of SmolLM2's architecture, randomly initialised, made in
+    """Two layers of SmolLM2's architecture, randomly initialised, in
     `dtype` on `device`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32,
-                         intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab, seed, positions=1024)
     # a near-uniform output over 49,152 tokens has no spread float32 can
     # resolve (Min-K%++ divides by it): a larger output norm gives it one
     model.model.norm.weight.data.mul_(8)
