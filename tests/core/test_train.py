@@ -422,3 +422,19 @@ def test_a_frozen_head_scores_by_chunks_with_the_same_numbers_and_gradient():
     # a trainable head is refused, not trained wrongly
     with pytest.raises(ValueError, match='no gradient for the head'):
         head_logprobs(hidden[mask], torch.nn.Linear(32, 64), ids[mask])
+
+
+def test_batches_built_on_the_cpu_go_to_the_models_device():
+    """WHP's collated items, the leave-one-out partitions, LLMU's pairs:
+    every batch a method builds on the CPU is moved, nested as it is, to
+    the model's device by the loop (the meta device stands in for a
+    GPU's)."""
+    from workbench.core.train import on_device
+    batch = {'input_ids': torch.ones(2, 3, dtype=torch.long),
+             'labels': [torch.zeros(2), (torch.ones(1), torch.ones(2))],
+             'note': 'kept'}
+    moved = on_device(batch, torch.device('meta'))
+    assert moved['input_ids'].device.type == 'meta'
+    assert moved['labels'][0].device.type == 'meta'
+    assert all(t.device.type == 'meta' for t in moved['labels'][1])
+    assert isinstance(moved['labels'][1], tuple) and moved['note'] == 'kept'
