@@ -32,6 +32,16 @@ MATRIX = {
         ['cli/test_unlearn.py::test_7b_without_gpu',
          'core/test_models.py::test_7b_profile_refuses_without_gpu',
          'core/test_models.py::test_gpu_memory_check_counts_this_processs_idle_memory'],
+    'a second model beside the first on a small GPU (the annotator)':
+        ['core/test_models.py::test_a_model_loaded_only_to_read_needs_its_own_size',
+         'core/test_models.py::test_the_annotator_child_asks_for_its_own_size'],
+    'a GPU without native bfloat16 (a T4), or full-weight training':
+        ['core/test_profiles.py::test_gpu_profiles_take_their_precision_from_the_hardware',
+         'core/test_models.py::test_full_weights_train_in_float32_whatever_dtype_they_came_in'],
+    'a failed clone or a stale package on Colab':
+        ['test_colab.py::test_every_notebook_checks_its_clone_and_runs_the_install',
+         'test_colab.py::test_a_package_upgraded_while_loaded_asks_for_a_restart',
+         'test_colab.py::test_a_failed_pip_is_one_clear_error'],
     'a diverging gradient ascent (NaN, or perplexity past the bound)':
         ['core/test_train.py::test_nan_loss_stops_and_restores',
          'core/test_train.py::test_guard_bound_restores_last_good_evaluation',
