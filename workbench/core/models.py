@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import model_info, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
+                          AutoTokenizer)
 
 from . import WorkbenchError
 from .fast import heap, threads
@@ -230,8 +231,8 @@ def inference_gib(name, profile, margin=1.25):
     """GiB a model needs on the GPU to be read (no training): its weights
     in the profile's dtype, counted on an empty model of its config, plus
     a quarter for activations and the allocator."""
+    # memory: accelerate only where a model's size is counted
     from accelerate import init_empty_weights
-    from transformers import AutoConfig
     with hub_errors(name):
         config = AutoConfig.from_pretrained(resolve(name).path)
     with init_empty_weights():
