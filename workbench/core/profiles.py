@@ -7,7 +7,8 @@ own beside its set-up, keyed by the same profile names and read through
 
 `smoke` is for CI (seconds to minutes, still shows each effect), `cpu` is the
 real lesson on a laptop (under 2 GB), `gpu` a 1-2B model on a Colab-size GPU,
-`7b` a 7B model on one large GPU with LoRA, bf16 and gradient checkpointing.
+`7b` a 7B model on one large GPU with LoRA and gradient checkpointing; both
+GPU profiles take their precision from the card (`hardware_dtype`).
 """
 import json
 import os
@@ -74,7 +75,8 @@ def hardware_dtype(device, lora):
     - else float16 for a frozen base under LoRA, whose adapters peft
       keeps in float32 (a T4 or V100 only emulates bfloat16, slowly);
     - float32 for full-weight training on any GPU: Adam's updates under
-      half a bfloat16 step (2^-9 of a weight) would be rounded away.
+      half a bfloat16 step (0.2-0.4 % of the weight) would be rounded
+      away.
     """
     if device == 'cpu':
         return 'float32'

@@ -97,8 +97,8 @@ def thresholds_before_implant(profile, texts):
             model, t['input_ids'], t['attention_mask'], profile.el_n,
             profile.el_stride)
     key = key_of('before implant', models.identity(profile.model),
-                 profile.precision, list(texts), profile.el_n, profile.el_stride,
-                 _code_version())
+                 profile.precision, list(texts), profile.el_n,
+                 profile.el_stride, _code_version())
     return dict(cached_json('measured', key, compute)[0])
 
 
