@@ -11,6 +11,7 @@ import torch
 
 from workbench import metrics
 from workbench.core import data, scoring
+from workbench.core.train import on_device
 from workbench.experiments import whos_harry_potter as story_experiment
 
 pytestmark = pytest.mark.device
@@ -24,7 +25,7 @@ def finite(x):
 
 @pytest.fixture(scope='module')
 def measured(setting):
-    """The original role's measurements of the setting's texts."""
+    """The setting's model as its original role, for every measurement."""
     with setting.roles.active('original') as m:
         yield m
 
@@ -33,7 +34,7 @@ def test_answers_are_scored_on_their_tokens_alone(setting, measured):
     tok, pairs = setting.tok, setting.forget_pairs
     qs = [p['question'] for p in pairs]
     ans = [p['answer'] for p in pairs]
-    batch = data_on(setting.qa['forget'], setting)
+    batch = on_device(setting.qa['forget'], setting.device)
     with torch.no_grad():
         logp = torch.log_softmax(measured(
             input_ids=batch['input_ids'],
@@ -138,19 +139,15 @@ def test_spans_canaries_and_divergences(setting, measured):
     exp = metrics.exposures(measured, tok, canaries, n_candidates=8)
     assert finite(exp)
     with setting.roles.active('base') as ref:
-        target, m = scoring.vocab_logprobs(ref, data_on(b, setting))
+        target, m = scoring.vocab_logprobs(ref, on_device(b, setting.device))
         target = target.detach()
-    kl = scoring.vocab_kl(measured, data_on(b, setting), target)
+    kl = scoring.vocab_kl(measured, on_device(b, setting.device), target)
     assert finite(kl) and kl.device.type == setting.device.type
-    logp, _ = scoring.vocab_logprobs(measured, data_on(b, setting))
+    logp, _ = scoring.vocab_logprobs(measured, on_device(b, setting.device))
     jsd = metrics.token_jsd(logp, target, m)
     assert finite(jsd)
     half = setting.roles.logprobs('A_f', b, dtype=torch.float16)
     assert finite(half[0].float())
-
-
-def data_on(batch, setting):
-    return {k: v.to(setting.device) for k, v in batch.items()}
 
 
 def test_whp_labels_and_their_statistics(setting):
