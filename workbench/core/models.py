@@ -319,6 +319,19 @@ def disable_dropout(model):
             setattr(model.config, key, 0.0)
 
 
+def checkpointing(model):
+    """Gradient (activation) checkpointing on: a layer's activations are
+    computed again in the backward pass instead of held from the forward
+    one. The same numbers; the memory of one layer's activations, not all
+    of them, for one more forward pass."""
+    # `activation_checkpointing_enable` from transformers 5 on
+    enable = getattr(model, 'activation_checkpointing_enable',
+                     model.gradient_checkpointing_enable)
+    enable()
+    if getattr(model.config, 'use_cache', None):
+        model.config.use_cache = False
+
+
 def add_lora(model, r=16, alpha=None):
     """Wrap `model` with fresh LoRA adapters on every linear layer."""
 
@@ -334,8 +347,7 @@ def add_lora(model, r=16, alpha=None):
 def prepare(model, profile):
     """Make `model` trainable as `profile` says: LoRA or all weights."""
     if profile.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        checkpointing(model)
     if profile.lora:
         return add_lora(model, profile.lora_r)
     if next(model.parameters()).dtype != torch.float32:

@@ -32,6 +32,8 @@ class Profile:
     device: str  # 'cpu', 'cuda' or 'auto'
     lora: bool  # train LoRA adapters instead of all weights
     lora_r: int
+    # layers' activations computed again in the backward pass: the same
+    # numbers in less memory, for one more forward pass per step
     gradient_checkpointing: bool
     n_forget: int  # people in the forget set
     n_retain: int  # people in the retain set
@@ -99,7 +101,7 @@ PROFILES = {
         role_layers=10),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
-        device='cpu', lora=True, lora_r=16, gradient_checkpointing=False,
+        device='cpu', lora=True, lora_r=16, gradient_checkpointing=True,
         n_forget=8, n_retain=8, n_unseen=10, n_world=60, batch_size=4,
         micro_batch=2, implant_lr=3e-3, implant_epochs=20,
         implant_target_ma=0.9, unlearn_steps=20, unlearn_lr=1e-3, el_n=10,

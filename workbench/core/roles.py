@@ -53,8 +53,7 @@ class Roles:
             base, tokenizer = models.load_causal_lm(p.model, p)
         self.tokenizer = tokenizer
         if p.gradient_checkpointing:
-            base.gradient_checkpointing_enable()
-            base.config.use_cache = False
+            models.checkpointing(base)
         self.base = base
         # every role is an adapter: the pretrained weights never train, and
         # with adapters on the top layers only, the layers below are run

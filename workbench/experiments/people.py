@@ -139,10 +139,14 @@ def setup_from_rows(profile, rows, seed=0, progress=True, do_implant=True,
 def people_setup(profile='smoke', seed=0, progress=True, **overrides):
     """Implant forget + retain people; measure thresholds on unseen ones."""
     p = get_profile(profile, **overrides)
-    rows = {'forget': data.people('forget', p.n_forget),
-            'retain': data.people('retain', p.n_retain),
-            'unseen': data.people('unseen', p.n_unseen)}
-    return setup_from_rows(p, rows, seed, progress)
+    return setup_from_rows(p, people_rows(p), seed, progress)
+
+
+def people_rows(profile):
+    """The forget, retain and unseen people of a profile's sizes."""
+    return {'forget': data.people('forget', profile.n_forget),
+            'retain': data.people('retain', profile.n_retain),
+            'unseen': data.people('unseen', profile.n_unseen)}
 
 
 def trainable(setup):

@@ -6,6 +6,7 @@ people (`people`).
 """
 from .. import metrics
 from ..core.fast.heap import measuring
+from ..core.profiles import get_profile
 from .annotate import annotate_with
 from . import people
 
@@ -41,8 +42,8 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
     `annotator` is an instruct model's name, or 'rules' for the patterns
     alone. Returns {'spans', 'masks', 'precision', 'recall', 'report'}.
     """
-    texts = [r['text'] for s in splits for r in setup.rows[s]]
-    res = annotate_with(texts, annotator, setup.profile, progress)
+    res = annotate_with(_texts(setup.rows, splits), annotator,
+                        setup.profile, progress)
     out = {'spans': {}, 'masks': {}, 'precision': {}, 'recall': {},
            'report': res['report']}
     i = 0
@@ -59,6 +60,20 @@ def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
         out['precision'][s] = sum(p for p, _ in pr) / len(pr)
         out['recall'][s] = sum(r for _, r in pr) / len(pr)
     return out
+
+
+def _texts(rows, splits):
+    return [r['text'] for s in splits for r in rows[s]]
+
+
+def annotate_ahead(profile, annotator='smollm2-135m',
+                   splits=('forget', 'unseen')):
+    """Annotate a profile's people now, so that `annotate_people` finds
+    them cached: Binder's build runs it, as a notebook's annotator child
+    beside its kernel would not fit Binder's memory."""
+    p = get_profile(profile)
+    annotate_with(_texts(people.people_rows(p), splits), annotator, p,
+                  progress=False)
 
 
 @measuring

@@ -34,7 +34,7 @@ from transformers import AutoModel, AutoTokenizer
 from ..core import WorkbenchError
 from ..core.embed import mean_pool, sentence_embeddings
 from ..core.models import load_trainable_state, trainable_state
-from ..core.models import disable_dropout, load_encoder, resolve
+from ..core.models import checkpointing, disable_dropout, load_encoder, resolve
 from ..core.cache import cached, key_of
 from .fairsisa import majority_vote
 
@@ -185,7 +185,7 @@ def load_classifier(name, lora_r=8, dtype=torch.float32,
                                          dtype=dtype)
     disable_dropout(backbone)
     if gradient_checkpointing:
-        backbone.gradient_checkpointing_enable()
+        checkpointing(backbone)
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -107,7 +107,7 @@ def rows_cache(cache, rows, room):
 @measuring
 @torch.no_grad()
 def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
-                  max_tokens=12288):
+                  max_tokens=6144):
     """Greedy continuations of prefixes of the given rows, (jobs,) lists.
 
     A job (b, m, n) continues x_b[:m] for exactly n tokens (m >= 1; rows
@@ -118,9 +118,10 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
     x_<m only, so this is the continuation of x_<m, without encoding the
     prefix again for every job. Jobs leave the batch as they finish; a
     batch holds at most `batch_size` jobs and about `max_tokens` cached
-    positions (the cache is the memory that grows; the default holds the
-    EL_10 jobs of 8 people at stride 10 in one batch, where a second batch
-    would decode its few short jobs at almost the cost of a full one).
+    positions (the cache is the memory that grows: 6144 positions of
+    SmolLM2-135M's are 270 MiB in float32, which keeps a measurement inside
+    Binder's 2 GiB; twice as many made no faster a measurement of 8
+    people's EL_10 on 2 cores, where most of the time is the decoding).
     """
     device = _device(model)
     if attention_mask is None:
