@@ -280,13 +280,14 @@ def run_notebook(name, profile, seeds=None):
              profile, '--out', out, *many], capture_output=True, text=True)
         entry = {'minutes': (time.perf_counter() - t) / 60,
                  'cached_before': before}
-        record = Path(out) / f'{name}.json'
-        if proc.returncode != 0 or not record.exists():
+        saved = (record.seeds_path(out, name) if seeds
+                 else Path(out) / f'{name}.json')
+        if proc.returncode != 0 or not saved.exists():
             lines = (proc.stderr or proc.stdout).strip().splitlines()
             return {**entry, 'failed': lines[-1] if lines else
                     f'exit status {proc.returncode}',
                     'stderr_tail': proc.stderr[-2000:]}
-        rec = json.loads(record.read_text())
+        rec = json.loads(saved.read_text())
     if seeds:
         claims = {c['id']: {'holds_in': c['holds_in'], 'seeds': c['seeds']}
                   for c in rec['claims']}

@@ -38,7 +38,7 @@ def test_seeds_run_once_each_and_write_one_record(tmp_path, capsys,
                                          for s in (0, 1, 2)]
     assert [c[2].split('/')[-1] for c in fake_runs] == [
         'seed-0', 'seed-1', 'seed-2']
-    rec = json.loads((tmp_path / 'out' / '00_tour.json').read_text())
+    rec = json.loads((tmp_path / 'out' / '00_tour.seeds.json').read_text())
     assert rec['seeds'] == [0, 1, 2]
     assert rec['claims'][0]['holds_in'] == 2
     assert rec['metrics']['forget/MA']['after']['mean'] == pytest.approx(0.1)

@@ -1,4 +1,8 @@
 """Widget panels and live figures, exercised without a browser."""
+import json
+
+import pytest
+
 from workbench.core import live
 from workbench.methods.ga import GAConfig
 
@@ -75,3 +79,31 @@ def test_on_colab_the_live_figure_redraws_through_its_display_handle(
     fig({'step': 1, 'kind': 'eval', 'loss': 0.5})
     assert len(shown) == 2 and list(shown[-1].data[0].y) == [0.5]
     assert all(type(f).__name__ == 'Figure' for f in shown)
+
+
+def test_across_seeds_reads_the_record_of_several_seeds(tmp_path, capsys,
+                                                        monkeypatch):
+    """A notebook's table of seeds: from `run --seeds`'s record of this
+    profile, else one line saying how to write it."""
+    from workbench.core import live, record
+    shown = []
+    monkeypatch.setattr(live, 'display', shown.append)
+    assert live.across_seeds('03_x', 'cpu', tmp_path, ['forget/MA']) is None
+    assert ('python -m workbench run 03_x --profile cpu --seeds 0,1,2'
+            in capsys.readouterr().out)
+    runs = [{'notebook': '03_x', 'profile': 'cpu', 'seed': s,
+             'elapsed_s': 1.0, 'peak_rss_mb': 1, 'thresholds': {},
+             'metrics': {'forget/MA': {'before': 0.9, 'after': 0.1 * s}},
+             'claims': [{'id': 'forgets', 'holds': s != 2,
+                         'evidence': f'MA {0.1 * s:.1f}'}]}
+            for s in (0, 1, 2)]
+    record.seeds_path(tmp_path, '03_x').write_text(
+        json.dumps(record.merge(runs)))
+    table = live.across_seeds('03_x', 'cpu', tmp_path,
+                              ['forget/MA', 'not/recorded'])
+    assert table.loc['forgets', 'holds in'] == '2 of 3'
+    assert table.loc['forgets', 'seed 2'] == 'MA 0.2'
+    (fig,) = shown
+    assert len(fig.layout.annotations) == 1  # one panel: forget/MA
+    assert sorted(fig.data[1].y) == pytest.approx([0.0, 0.1, 0.2])
+    assert live.across_seeds('03_x', 'smoke', tmp_path) is None  # not its

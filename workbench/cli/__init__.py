@@ -81,7 +81,9 @@ def run_notebook(name, profile, out, parameters=None, progress=True):
 
 def run_seeds(name, profile, out, seeds, parameters=None, progress=True):
     """`run_notebook` once per seed, each into `out/seed-<k>/`, then one
-    record of them all (`record.merge`) in `out`; returns its path."""
+    record of them all (`record.merge`) in `out`, as
+    `<notebook>.seeds.json` (beside, not over, a record of one run: the
+    notebook's own table of seeds reads it); returns its path."""
     check_out(out)
     out = results_dir(out)
     records = []
@@ -90,7 +92,7 @@ def run_seeds(name, profile, out, seeds, parameters=None, progress=True):
                             {**(parameters or {}), 'seed': seed}, progress)
         records.append(json.loads(path.read_text()))
     merged = record.merge(records)
-    path = out / path.name
+    path = record.seeds_path(out, path.stem)
     path.write_text(json.dumps(merged, indent=1))
     return path
 

@@ -23,6 +23,8 @@ import plotly.graph_objects as go
 from IPython.display import HTML, Code, display
 from plotly.subplots import make_subplots
 
+from . import record
+from .paths import results_dir
 from .scoring import greedy_continue
 
 
@@ -258,6 +260,44 @@ def before_after(before, after, keys, title='Before and after'):
     fig.update_layout(height=300, title=title,
                       margin=dict(t=70, b=30, l=40, r=10))
     return fig
+
+
+def across_seeds(notebook, profile, directory=None, keys=()):
+    """This notebook's claims across seeds, from its record of several
+    seeds on `profile` (`python -m workbench run NOTEBOOK --seeds 0,1,2`,
+    in the results folder `directory`): how many seeds each claim held in,
+    each seed's evidence, and a dot a seed of each of `keys` before and
+    after the method. Without such a record, one line saying how to write
+    it. Returns the claims' table, or None."""
+    # memory: as above
+    import pandas as pd
+    name = getattr(profile, 'name', profile)
+    path = record.seeds_path(results_dir(directory or None), notebook)
+    rec = record.load(path) if path.exists() else None
+    if rec is None or rec.get('profile') != name:
+        print(f'No record of several seeds on {name!r} here yet: '
+              f'python -m workbench run {notebook} --profile {name} '
+              f'--seeds 0,1,2 writes one ({path.name} in the results '
+              f'folder), and this cell then shows it.')
+        return None
+    keys = [k for k in keys if k in rec['metrics']]
+    if keys:
+        fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
+        for i, k in enumerate(keys, start=1):
+            for side, colour in (('before', '#4C78A8'), ('after', '#E45756')):
+                values = rec['metrics'][k].get(side, {}).get('values', [])
+                fig.add_trace(go.Scatter(
+                    x=[side] * len(values), y=values, mode='markers',
+                    marker=dict(color=colour, size=9, opacity=0.7),
+                    text=[f'seed {s}' for s in rec['seeds']],
+                    showlegend=False), row=1, col=i)
+        fig.update_layout(height=280, title=f'A dot a seed ({name})',
+                          margin=dict(t=70, b=30, l=40, r=10))
+        display(fig)
+    return pd.DataFrame([
+        {'claim': c['id'], 'holds in': f"{c['holds_in']} of {c['seeds']}",
+         **{f'seed {s}': e for s, e in c['evidence'].items()}}
+        for c in rec['claims']]).set_index('claim')
 
 
 def show_completions(model, tokenizer, texts, prefix_tokens=8,

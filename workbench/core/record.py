@@ -84,6 +84,11 @@ def load(path):
     return json.loads(Path(path).read_text())
 
 
+def seeds_path(directory, notebook):
+    """Where the record of a notebook's several seeds is kept."""
+    return Path(directory) / f'{notebook}.seeds.json'
+
+
 def parse_seeds(text):
     """Seeds from a comma list ('0,1,2'): distinct whole numbers >= 0."""
     parts = [p.strip() for p in str(text).split(',') if p.strip()]
