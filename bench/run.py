@@ -18,6 +18,10 @@
   scoring with the whole batch's logits; each way in a fresh process, with
   the time of a step each way (`head_time_ratio`, goal about 1). The
   notebooks that fine-tune SmolLM2 peak in such a step.
+- checkpointing_memory_ratio: the same step's added memory with the `cpu`
+  profile's gradient checkpointing over every layer's activations held
+  (goal < 1; Binder's 2 GiB), and its time (`checkpointing_time_ratio`,
+  goal < 1.5: one more forward pass).
 - notebooks (`--only notebooks`, about an hour and a half on 2 cores):
   every notebook run headless as a user runs it (`python -m workbench run
   NAME`), on `smoke` (their sum is the smoke suite's time) and on `cpu`,
@@ -93,7 +97,8 @@ from workbench.core import data, models, scoring
 from workbench.core.profiles import get_profile
 if sys.argv[1] == 'logits':
     scoring.decoder_and_head = lambda model: None  # the whole batch's logits
-profile = get_profile('cpu')
+# 'held': every layer's activations held for the backward pass
+profile = get_profile('cpu', gradient_checkpointing=sys.argv[1] != 'held')
 model, tok = models.load_causal_lm(profile.model, profile)
 model = models.prepare(model, profile).train()
 texts = [r['text'] for r in data.people('retain', profile.micro_batch)]
@@ -122,9 +127,11 @@ print(json.dumps({'added': added[1:], 'seconds': seconds[1:],
 
 
 def head_memory(repeats=2):
-    """Memory a LoRA step adds, and its time: the head by chunks over the
-    whole batch's logits, each side in fresh processes, interleaved."""
-    runs = {'chunks': [], 'logits': []}
+    """Memory a LoRA step of the `cpu` profile adds, and its time: the
+    head by chunks over the whole batch's logits, and checkpointed over
+    every layer's activations held ('held'), each side in fresh processes,
+    interleaved."""
+    runs = {'chunks': [], 'logits': [], 'held': []}
     for _ in range(repeats):
         for side in runs:
             out = subprocess.run([sys.executable, '-c', HEAD_STEP, side],
@@ -136,6 +143,7 @@ def head_memory(repeats=2):
         'logits'], {'chunks_mb': added['chunks'] / 1e6,
                     'logits_mb': added['logits'] / 1e6,
                     'chunks_s': secs['chunks'], 'logits_s': secs['logits'],
+                    'held_mb': added['held'] / 1e6, 'held_s': secs['held'],
                     'batch': runs['chunks'][0]['batch']}
 
 
@@ -377,6 +385,12 @@ def head_benchmark(results):
     results['head_time_ratio'] = {'value': seconds, 'goal': 'about 1',
                                   'chunks_s': detail['chunks_s'],
                                   'logits_s': detail['logits_s']}
+    results['checkpointing_memory_ratio'] = {
+        'value': detail['chunks_mb'] / detail['held_mb'], 'goal': '< 1',
+        'chunks_mb': detail['chunks_mb'], 'held_mb': detail['held_mb']}
+    results['checkpointing_time_ratio'] = {
+        'value': detail['chunks_s'] / detail['held_s'], 'goal': '< 1.5',
+        'chunks_s': detail['chunks_s'], 'held_s': detail['held_s']}
 
 
 def save(results, out):
@@ -395,7 +409,7 @@ def report(results, out):
                                    'naive_s', 'full_retrain_s',
                                    'work_fraction_times_shards', 'notebook',
                                    'chunks_mb', 'logits_mb', 'chunks_s',
-                                   'logits_s',
+                                   'logits_s', 'held_mb', 'held_s',
                                    'complete') if x in v}
         extra = ', '.join(f'{a}={b:.2f}' if isinstance(b, float)
                           else f'{a}={b}' for a, b in extra.items())
