@@ -31,6 +31,22 @@ def test_kga_alignment_is_the_gap_difference(tiny):
     assert loss.item() == pytest.approx(0.25, abs=1e-4)
 
 
+def test_measured_log_distributions_are_the_log_softmax_of_the_logits(tiny):
+    """Without gradients the log-softmax is written over the logits: the
+    same numbers, bit for bit; with them, the logits stay for the backward
+    pass."""
+    from conftest import ragged_tokens
+    batch = ragged_tokens()
+    logits = tiny(**batch).logits[:, :-1].float()
+    with torch.no_grad():
+        measured, mask = kga.vocab_logprobs(tiny, batch)
+    assert torch.equal(measured, torch.log_softmax(logits, -1).detach())
+    trained, _ = kga.vocab_logprobs(tiny, batch)
+    assert torch.equal(trained.detach(), measured)
+    (trained * mask[..., None]).sum().backward()
+    assert next(tiny.parameters()).grad is not None
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(WorkbenchError, match='retain_weight'):
         kga.KGAConfig(retain_weight=-1)

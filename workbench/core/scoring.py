@@ -277,7 +277,11 @@ def vocab_logprobs(model, batch):
     `train.token_logprobs` for the trimming and masking)."""
     ids, am, mask = _trimmed(model, batch)
     logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
-    return torch.log_softmax(logits, -1), mask
+    if torch.is_grad_enabled():
+        return torch.log_softmax(logits, -1), mask
+    # measuring: written over the logits, the same numbers without a
+    # second (B, W-1, V) tensor (157 MB for 8 people on SmolLM2)
+    return torch.log_softmax(logits, -1, out=logits), mask
 
 
 def _trimmed(model, batch):
