@@ -142,8 +142,9 @@ def test_notebook_benchmark_passes_the_seeds_on(bench_run, tmp_path,
     def fake_cli(argv, **kwargs):
         assert argv[-2:] == ['--seeds', '0,1,2']
         out = argv[argv.index('--out') + 1]
-        (bench_run.Path(out) / '03_knowledge_unlearning.json').write_text(
-            json.dumps({'peak_rss_mb': 1000, 'claims': [
+        # the record of several seeds, beside a seed's own
+        (bench_run.Path(out) / '03_knowledge_unlearning.seeds.json'
+         ).write_text(json.dumps({'peak_rss_mb': 1000, 'claims': [
                 {'id': 'forgotten', 'holds_in': 2, 'seeds': 3}]}))
         return subprocess.CompletedProcess(argv, 0, '', '')
     monkeypatch.setattr(bench_run.subprocess, 'run', fake_cli)
