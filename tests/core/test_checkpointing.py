@@ -61,3 +61,21 @@ def test_a_checkpointed_role_trains_to_the_same_weights(tiny_model_dir,
     assert all(torch.equal(states[False][k], states[True][k])
                for k in states[False])
     assert calls[True] > calls[False]
+
+
+def test_a_checkpointed_sisa_classifier_has_the_same_gradient():
+    """01's classifier (MiniLM with LoRA) checkpoints on `cpu` too."""
+    from workbench.methods import sisa
+    grads = {}
+    for on in (False, True):
+        torch.manual_seed(0)  # LoRA's A, the head
+        model, tok = sisa.load_classifier('minilm', lora_r=4,
+                                          gradient_checkpointing=on)
+        model.train()
+        batch = tok(['a short text', 'another, longer than the first one'],
+                    return_tensors='pt', padding=True)
+        model(batch['input_ids'], batch['attention_mask']).sum().backward()
+        grads[on] = [p.grad.clone() for p in model.parameters()
+                     if p.grad is not None]
+    assert grads[False] and len(grads[False]) == len(grads[True])
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
