@@ -120,8 +120,8 @@ def continue_rows(model, input_ids, attention_mask, jobs, batch_size=64,
     batch holds at most `batch_size` jobs and about `max_tokens` cached
     positions (the cache is the memory that grows: 6144 positions of
     SmolLM2-135M's are 270 MiB in float32, which keeps a measurement inside
-    Binder's 2 GiB; twice as many made no faster a measurement of 8
-    people's EL_10 on 2 cores, where most of the time is the decoding).
+    Binder's 2 GiB; 8 unlearned people's EL_10 on 2 cores took 29 s with
+    it and 23-29 s with twice as many).
     """
     device = _device(model)
     if attention_mask is None:
