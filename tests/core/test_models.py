@@ -202,8 +202,8 @@ def test_implanted_models_measurements_are_cached_until_it_trains(
             'unseen': [{'text': 'Cora Vint lives at 12 Elm Road, Dunmore.'}]}
     setup = experiment.setup_from_rows(p, rows, progress=False)
     calls = []
-    real = metrics.multiple_choice_accuracy
-    monkeypatch.setattr(metrics, 'multiple_choice_accuracy',
+    real = metrics.world_facts_metrics
+    monkeypatch.setattr(metrics, 'world_facts_metrics',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     mask = torch.zeros_like(setup.tokens['forget']['input_ids'],
                             dtype=torch.bool)

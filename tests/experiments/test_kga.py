@@ -17,8 +17,8 @@ def test_kga_aligns_the_gaps_and_approaches_the_retrained_model(
         < m['forget/MA']['before']
     # ... while on people no model saw it stayed as close as before
     assert jsd_t['after'] <= jsd_t['before'] + 0.05
-    assert m['world_facts/accuracy']['after'] >= \
-        m['world_facts/accuracy']['before'] - 0.05
+    assert m['world_facts/probability']['after'] >= \
+        0.9 * m['world_facts/probability']['before']
     assert m['retain/MA']['after'] > 0.9 * m['retain/MA']['before']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims == {'forget_approaches_retrained': True,

@@ -19,8 +19,8 @@ def test_gradient_ascent_reaches_the_thresholds(smoke_record):
     # of its memorisation (gradient ascent is not free: see the notebook)
     assert rec['run']['status'] == 'stopped'
     assert m['retain/MA']['after'] > 0.5 * m['retain/MA']['before']
-    assert m['world_facts/accuracy']['after'] > \
-        0.6 * m['world_facts/accuracy']['before']
+    assert m['world_facts/probability']['after'] > \
+        0.6 * m['world_facts/probability']['before']
     # membership inference: forget texts looked like members before
     assert m['forget/mia_auc_loss']['before'] > 0.9
     assert m['forget/mia_auc_loss']['after'] < \
@@ -50,8 +50,8 @@ def test_measure_after_sequential_unlearning_reuses_the_last_chunk(
     setup = SimpleNamespace(tokens=tokens, thresholds={'MA': 1.0},
                             profile=SimpleNamespace(el_n=2, el_stride=1),
                             el_key='EL_2', world=[], tokenizer=None)
-    monkeypatch.setattr(experiment.metrics, 'multiple_choice_accuracy',
-                        lambda *a: 0.0)
+    monkeypatch.setattr(experiment.metrics, 'world_facts_metrics',
+                        lambda *a: {'world_facts/accuracy': 0.0})
     last = experiment.quick_metrics(
         setup, tiny, knowledge_unlearning.subset(tokens['forget'], [2, 3]))
     results = [TrainResult('stopped', 1), TrainResult('stopped', 1, events=[

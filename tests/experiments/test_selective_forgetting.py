@@ -20,8 +20,8 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     assert m['forget/S-EL_2']['after'] <= thr['S-EL_2']
     # and utility kept a stated share
     assert m['retain/MA']['after'] > 0.5 * m['retain/MA']['before']
-    assert m['world_facts/accuracy']['after'] > \
-        0.8 * m['world_facts/accuracy']['before']
+    assert m['world_facts/probability']['after'] > \
+        0.8 * m['world_facts/probability']['before']
     # gradient ascent was stopped at the very span forgetting SeUL reached
     ga, level = rec['ga_after'], run['ga_level']
     assert level['S-MA'] == pytest.approx(max(thr['S-MA'], sma['after']))
@@ -35,8 +35,8 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     keeps = claims['seul_keeps_more_utility_than_ga']['holds']
     # GA stopped at the level above, so the claim compares utility only
     assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
-                     and m['world_facts/accuracy']['after']
-                     >= ga['world_facts/accuracy'])
+                     and m['world_facts/probability']['after']
+                     >= ga['world_facts/probability'])
     assert claims['spans_forgotten']['holds'] == (
         sma['after'] <= thr['S-MA']
         and m['forget/S-EL_2']['after'] <= thr['S-EL_2'])
@@ -46,11 +46,11 @@ def test_kept_more_at_equal_forgetting():
     from workbench.experiments.selective_forgetting import (
         kept_more_at_equal_forgetting as kept)
     level = {'S-MA': 0.3}
-    ours = {'retain/MA': 0.5, 'world_facts/accuracy': 0.6}
+    ours = {'retain/MA': 0.5, 'world_facts/probability': 0.6}
 
     def theirs(sma, retain, world=0.6):
         return {'forget/S-MA': sma, 'retain/MA': retain,
-                'world_facts/accuracy': world}
+                'world_facts/probability': world}
     # the other run reached the level: utility decides
     assert kept(ours, theirs(0.3, 0.4), level, 'stopped') == (
         True, 'reached the level')

@@ -29,16 +29,18 @@ def test_whp_lowers_familiarity(smoke_record):
     assert fam['before'] > thr['base/familiarity'] + 0.3
     assert p['before'] > 10 * thr['base/next_token_probability']
     # ... and after fine-tuning on generic labels, far less so (without
-    # the anchored-term exclusion it fell only by a quarter on smoke)
+    # the anchored-term exclusion it fell by a fifth)
     assert fam['after'] < 0.5 * fam['before']
     assert p['after'] < 0.7 * p['before']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims['familiarity_drops']
-    # general knowledge (the paper's benchmarks) stays where it was; on
-    # smoke the perplexity of everyday text does not (12 updates are six
-    # passes over its 8 paragraphs; on cpu it does, the README says)
-    w = m['world_facts/accuracy']
-    assert abs(w['after'] - w['before']) <= 0.1
+    # general knowledge (the paper's benchmarks) and the perplexity of
+    # everyday text stay about where they were (on half the story the same
+    # updates doubled the perplexity)
+    w, ppl = m['world_facts/probability'], m['retain/perplexity']
+    assert w['after'] >= 0.9 * w['before']
+    assert ppl['after'] <= 1.25 * ppl['before']
+    assert claims['utility_nearly_unchanged']
     # larger alpha: labels further from the story, and less fluent
     stats = rec['label_stats']
     assert stats[0]['label = story token'] > stats[-1]['label = story token']

@@ -156,6 +156,28 @@ def test_multiple_choice_picks_the_likeliest_choice(smol_tokenizer):
                                             items) == 0.5
 
 
+def test_multiple_choice_probability_is_openunlearnings(smol_tokenizer):
+    """The continuous utility number is the correct choice's normalised
+    probability (`probability_w_options`), from the same scoring as the
+    accuracy."""
+    model = SixLover(smol_tokenizer)
+    items = [{'question': 'Q?', 'choices': ['7', '6', '3'], 'label': 1},
+             {'question': 'Q?', 'choices': ['6', '3', '8'], 'label': 2}]
+    hits, probs = metrics.multiple_choice_scores(model, smol_tokenizer,
+                                                 items)
+    assert hits.tolist() == [1.0, 0.0]
+    right = [it['choices'][it['label']] for it in items]
+    wrong = [[c for j, c in enumerate(it['choices']) if j != it['label']]
+             for it in items]
+    expected = metrics.normalised_probability(
+        model, smol_tokenizer, ['Q?', 'Q?'], right, wrong)
+    assert probs == pytest.approx(expected, rel=1e-5)
+    assert probs[0] > 0.8 and probs[1] < 0.1
+    assert metrics.world_facts_metrics(model, smol_tokenizer, items) == \
+        pytest.approx({'world_facts/accuracy': 0.5,
+                       'world_facts/probability': probs.mean()})
+
+
 def test_answer_probability_and_generation(smol_tokenizer):
     model = SixLover(smol_tokenizer)
     p = metrics.answer_probability(model, smol_tokenizer, ['Q?', 'Q?'],

@@ -298,8 +298,7 @@ def unlearn_llmu(args, files, profile, tok, progress):
                 [r['answer'] for r in forget])).item(),
                 'normal/perplexity': llm_unlearning.normal_perplexity(setup,
                                                                       m),
-                'world_facts/accuracy': metrics.multiple_choice_accuracy(
-                    m, tok, setup.world)}
+                **metrics.world_facts_metrics(m, tok, setup.world)}
         return out
 
     before = numbers('original')

@@ -38,7 +38,8 @@ class Profile:
     n_forget: int  # people in the forget set
     n_retain: int  # people in the retain set
     n_unseen: int  # never-trained people, for the forgetting thresholds
-    n_world: int  # world_facts questions for utility
+    n_world: int  # world_facts questions for utility (all 120: the paired
+    # difference of their mean probability resolves about 0.03)
     batch_size: int
     micro_batch: int  # sequences per forward pass of full-batch unlearning
     # (gradient ascent, SeUL: gradients accumulate to the whole forget set);
@@ -95,14 +96,14 @@ PROFILES = {
         name='smoke', model='smollm2-135m', encoder='minilm',
         dtype='float32', device='cpu', lora=False, lora_r=16,
         gradient_checkpointing=False, n_forget=4, n_retain=4, n_unseen=8,
-        n_world=40, batch_size=4, micro_batch=4, implant_lr=3e-4,
+        n_world=120, batch_size=4, micro_batch=4, implant_lr=3e-4,
         implant_epochs=12, implant_target_ma=0.9, unlearn_steps=20,
         unlearn_lr=5e-5, el_n=10, el_stride=10, max_tokens=256,
         role_layers=10),
     'cpu': Profile(
         name='cpu', model='smollm2-135m', encoder='minilm', dtype='float32',
         device='cpu', lora=True, lora_r=16, gradient_checkpointing=True,
-        n_forget=8, n_retain=8, n_unseen=10, n_world=60, batch_size=4,
+        n_forget=8, n_retain=8, n_unseen=10, n_world=120, batch_size=4,
         micro_batch=2, implant_lr=3e-3, implant_epochs=20,
         implant_target_ma=0.9, unlearn_steps=20, unlearn_lr=1e-3, el_n=10,
         el_stride=10, role_layers=10),

@@ -142,8 +142,7 @@ def measure(setup, role, world=True):
         out['retain/MA'] = metrics.memorization_accuracy(
             m, r['input_ids'], r['attention_mask']).mean().item()
         if world:
-            out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
-                m, tok, setup.world)
+            out.update(metrics.world_facts_metrics(m, tok, setup.world))
     return out
 
 

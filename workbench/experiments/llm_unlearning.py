@@ -231,8 +231,7 @@ def measure(setup, role, world=True):
             texts[split] = answers(setup, m, split)
         out['normal/perplexity'] = normal_perplexity(setup, m)
         if world:
-            out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
-                m, tok, setup.world)
+            out.update(metrics.world_facts_metrics(m, tok, setup.world))
     out['normal/harmful_rate'] = float(setup.judge.harmful(
         texts['normal']).mean())
     for split in ('forget', 'unseen'):

@@ -198,8 +198,8 @@ def quick_metrics(setup, model, forget=None, world=0, el=True, retain=True,
         out['retain/perplexity'] = metrics.perplexity(
             model, r['input_ids'], stats=stats)
     if world:
-        out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
-            model, setup.tokenizer, setup.world[:world])
+        out.update(metrics.world_facts_metrics(model, setup.tokenizer,
+                                               setup.world[:world]))
     if el and out['forget/MA'] <= setup.thresholds['MA']:
         out[f'forget/{setup.el_key}'] = forget_el(setup, model, f,
                                                   forget_stats)
@@ -246,8 +246,8 @@ def _measure(setup, model, known=None, forget_stats=None):
     out[el] = known.get(el)
     if out[el] is None:
         out[el] = forget_el(setup, model, stats=forget_stats)
-    out['world_facts/accuracy'] = metrics.multiple_choice_accuracy(
-        model, setup.tokenizer, setup.world)
+    out.update(metrics.world_facts_metrics(model, setup.tokenizer,
+                                           setup.world))
     return out
 
 

@@ -16,10 +16,10 @@ from .divergence import lpd_pdlp, token_jsd, token_kl
 from .likelihood import (mia_auc, mia_aucs, mia_scores, perplexity,
                          sequence_nll)
 from .qa import (answer_probability, forget_quality, generate_answers,
-                 model_utility, multiple_choice_accuracy,
-                 normalised_probability, privleak, rouge_l_recall,
+                 model_utility, multiple_choice, multiple_choice_accuracy,
+                 multiple_choice_scores, normalised_probability, privleak, rouge_l_recall,
                  truth_ratio, truth_ratio_prob_mean, truth_ratio_probs,
-                 truth_ratios)
+                 truth_ratios, world_facts_metrics)
 from .spans import (char_precision_recall, selective_extraction_likelihood,
                     selective_memorization_accuracy, span_mask)
 
@@ -29,11 +29,11 @@ __all__ = [
     'extraction_likelihood_naive', 'extraction_strength', 'forget_quality',
     'forgetting_thresholds', 'generate_answers', 'greedy_continue',
     'lpd_pdlp', 'memorization_accuracy', 'mia_auc',
-    'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice_accuracy',
-    'normalised_probability', 'overlap', 'perplexity', 'privleak',
+    'mia_aucs', 'mia_scores', 'model_utility', 'multiple_choice',
+    'multiple_choice_accuracy', 'multiple_choice_scores', 'normalised_probability', 'overlap', 'perplexity', 'privleak',
     'rouge_l_recall',
     'selective_extraction_likelihood', 'selective_memorization_accuracy',
     'sequence_nll', 'span_mask', 'token_jsd', 'token_kl', 'token_stats',
     'truth_ratio', 'truth_ratio_prob_mean', 'truth_ratio_probs',
-    'truth_ratios',
+    'truth_ratios', 'world_facts_metrics',
 ]

@@ -192,17 +192,48 @@ def rouge_l_recall(predictions, references, measure='recall'):
                      for p, r in zip(predictions, references)])
 
 
+def multiple_choice_scores(model, tokenizer, items):
+    """Two numbers per question from one scoring of every choice given the
+    question, as numpy arrays (N,):
+    - hit: whether the correct choice has the highest total log-likelihood
+      (lm-eval-harness's `acc`);
+    - probability: the correct choice's share of the choices'
+      length-normalised probabilities (OpenUnlearning's
+      `probability_w_options`, as `normalised_probability`, here without
+      the end-of-sequence token, as lm-eval-harness scores choices).
+    The probability moves with every question's likelihoods, where a hit
+    moves only when the ranking flips, so a small change in what a model
+    knows shows in its mean long before it shows in the accuracy."""
+    qs = [it['question'] for it in items for _ in it['choices']]
+    cs = [c for it in items for c in it['choices']]
+    lps = answer_logprobs(model, tokenizer, qs, cs)
+    hits, probs, i = [], [], 0
+    for it in items:
+        k = len(it['choices'])
+        total = torch.stack([lp.sum() for lp in lps[i:i + k]]).float()
+        p = torch.exp(torch.stack([lp.mean() for lp in lps[i:i + k]]).float())
+        hits.append(int(total.argmax()) == it['label'])
+        probs.append(float(p[it['label']] / (p.sum() + 1e-10)))
+        i += k
+    return np.array(hits, dtype=float), np.array(probs)
+
+
+def multiple_choice(model, tokenizer, items):
+    """{'accuracy', 'probability'}: the means of `multiple_choice_scores`
+    over `items`."""
+    hits, probs = multiple_choice_scores(model, tokenizer, items)
+    return {'accuracy': float(hits.mean()),
+            'probability': float(probs.mean())}
+
+
+def world_facts_metrics(model, tokenizer, items):
+    """`world_facts/accuracy` and `world_facts/probability` (the means of
+    `multiple_choice_scores`), the utility every notebook reports."""
+    return {f'world_facts/{k}': v
+            for k, v in multiple_choice(model, tokenizer, items).items()}
+
+
 def multiple_choice_accuracy(model, tokenizer, items):
     """Share of questions whose correct choice has the highest total
     log-likelihood given the question (lm-eval-harness's `acc`)."""
-    qs = [it['question'] for it in items for _ in it['choices']]
-    cs = [c for it in items for c in it['choices']]
-    total = [lp.sum().item() for lp in answer_logprobs(model, tokenizer,
-                                                        qs, cs)]
-    correct, i = 0, 0
-    for it in items:
-        k = len(it['choices'])
-        scores = total[i:i + k]
-        correct += int(scores.index(max(scores)) == it['label'])
-        i += k
-    return correct / len(items)
+    return float(multiple_choice_scores(model, tokenizer, items)[0].mean())
