@@ -135,7 +135,9 @@ def test_tour_panel_and_figure_render_and_respond(lab):
         page.get_by_role('menuitem', name='Run All Cells', exact=True).click()
 
         button = page.get_by_role('button', name='Run gradient ascent')
-        button.wait_for(timeout=300_000)
+        # the set-up cells before it implant the people on a fresh cache (or
+        # wait for the test worker that does): minutes on a busy 2-core box
+        button.wait_for(timeout=600_000)
         _wait('the live figure', lambda: _figure_data(page), 300)
         _wait('Run All to finish', lambda: _idle(page), 900)
         first = _figure_data(page)
