@@ -34,8 +34,8 @@ from ..core.roles import Roles
 # reinforcement, tokens generated per familiarity prompt
 # `smoke` reads the whole story too: on half of it (8 paragraphs) the
 # notebook's 12 updates are six passes and the perplexity of everyday text
-# doubled (1.46 times in 6 updates), where on the whole story it moves by
-# about 1 %
+# doubled (1.46 times in 6 updates), where on the whole story it moved by
+# 1-7 % in three seeds
 SIZES = {
     'smoke': dict(chapters=8, epochs=6, reinforce=4, tokens=8),
     'cpu': dict(chapters=8, epochs=6, reinforce=4, tokens=8),
