@@ -207,15 +207,20 @@ def multiple_choice_scores(model, tokenizer, items):
     qs = [it['question'] for it in items for _ in it['choices']]
     cs = [c for it in items for c in it['choices']]
     lps = answer_logprobs(model, tokenizer, qs, cs)
-    hits, probs, i = [], [], 0
+    hits, right, wrong, i = [], [], [], 0
     for it in items:
-        k = len(it['choices'])
-        total = torch.stack([lp.sum() for lp in lps[i:i + k]]).float()
-        p = torch.exp(torch.stack([lp.mean() for lp in lps[i:i + k]]).float())
-        hits.append(int(total.argmax()) == it['label'])
-        probs.append(float(p[it['label']] / (p.sum() + 1e-10)))
-        i += k
-    return np.array(hits, dtype=float), np.array(probs)
+        group, label = lps[i:i + len(it['choices'])], it['label']
+        i += len(group)
+        total = torch.stack([lp.sum() for lp in group])
+        hits.append(int(total.argmax()) == label)
+        nll = torch.stack([-lp.mean() for lp in group]).float()
+        right.append(nll[label])
+        wrong.append(torch.cat([nll[:label], nll[label + 1:]]))
+    # the formula of `normalised_probability`, on the NLLs just computed
+    probs = normalised_probability(model, tokenizer, None, None, None,
+                                   nlls=(torch.stack(right),
+                                         torch.stack(wrong)))
+    return np.array(hits, dtype=float), probs
 
 
 def multiple_choice(model, tokenizer, items):
