@@ -33,10 +33,23 @@ suite; papermill, ipykernel, datasets, plotly, ipywidgets, anywidget,
 scipy, scikit-learn, fairlearn, pandas, rouge-score for the notebooks) is
 checked first: a step whose packages are missing fails at once with
 their names; `--wheels DIR` installs them from wheels carried there.
+
+A GPU machine that cannot download gets those wheels carried to it.
+`--fetch-wheels DIR`, run where PyPI is reachable, downloads them with
+their dependencies for the GPU machine's Python (`--python-version`,
+3.12 by default; Linux x86-64), leaves out the distributions a CUDA
+PyTorch image already holds (`PRESENT`, or `--present FILE`: that
+machine's `pip list --format=freeze`), and fails if what is left is
+over `--limit-mib` (64):
+
+    python bench/gpu_check.py --fetch-wheels wheels     # here
+    python bench/gpu_check.py --wheels wheels --out gpu_check   # there
 """
 import argparse
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,7 +59,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'bench'))
+# the workbench from this checkout, installed or not (a GPU machine runs it
+# from a copy of the repository), here and in every child process
+sys.path[:0] = [str(ROOT), str(ROOT / 'bench')]
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])
 
 NEEDS = {
     'device': ['pytest', 'datasets', 'scipy', 'sklearn', 'rouge_score'],
@@ -72,11 +89,15 @@ def one_line(error):
 
 def device_step(args):
     t = time.perf_counter()
+    env = dict(os.environ)
+    if args.tokenizers:  # SmolLM2's offline copy may not be installed
+        env['WORKBENCH_SMOLLM2_TOKENIZER'] = str(
+            tokenizer_sources(args.tokenizers)[0])
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
          '-m', 'device', *(['-k', args.select] if args.select else []),
          str(ROOT / 'tests' / 'device')],
-        capture_output=True, text=True, cwd=ROOT)
+        capture_output=True, text=True, cwd=ROOT, env=env)
     lines = proc.stdout.strip().splitlines()
     report = {'seconds': time.perf_counter() - t,
               'summary': lines[-1] if lines else proc.stderr[-300:]}
@@ -255,16 +276,83 @@ def prepare(folder):
     print(f'tokenizers in {folder} ({size / 2**20:.1f} MiB)')
 
 
+# distribution names of the modules in NEEDS
+DISTRIBUTIONS = {'sklearn': 'scikit-learn', 'rouge_score': 'rouge-score'}
+
+# what a CUDA PyTorch image holds beside torch, transformers, peft and
+# accelerate, of the distributions the steps need (the H100 and H200 images
+# the check is written for hold them all): not carried
+PRESENT = (
+    'absl-py anyio attrs certifi charset-normalizer click cloudpickle '
+    'filelock fsspec h11 hf-xet huggingface-hub idna jinja2 joblib '
+    'markupsafe narwhals numpy packaging pandas psutil pyarrow pygments '
+    'pytest pluggy iniconfig python-dateutil pyyaml regex requests '
+    'safetensors scikit-learn scipy six threadpoolctl tokenizers tqdm '
+    'typing-extensions urllib3 xxhash aiohttp aiosignal aiohappyeyeballs '
+    'frozenlist multidict propcache yarl torch transformers peft '
+    'accelerate').split()
+
+# manylinux tags pip matches for a Linux x86-64 machine
+PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64',
+             'manylinux_2_17_x86_64', 'manylinux2014_x86_64',
+             'manylinux1_x86_64')
+
+
+def canonical(name):
+    """A distribution's name as pip compares them."""
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def present_names(path=None):
+    """Canonical names of the distributions the GPU machine holds: a
+    `pip list --format=freeze` (or one name a line) at `path`, else
+    PRESENT."""
+    if path is None:
+        return {canonical(n) for n in PRESENT}
+    lines = Path(path).read_text().splitlines()
+    return {canonical(re.split(r'[=<>@ ]', ln.strip(), maxsplit=1)[0])
+            for ln in lines if ln.strip() and not ln.startswith('#')}
+
+
+def fetch_wheels(folder, python='3.12', present=None, limit_mib=64.0):
+    """Download into `folder` the wheels of what the three steps need,
+    with their dependencies, for CPython `python` on Linux x86-64; delete
+    those of the distributions `present` names (canonical names); return
+    the kept files. Raises when they are over `limit_mib` MiB."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = sorted({DISTRIBUTIONS.get(m, m) for need in NEEDS.values()
+                     for m in need} - set(present))
+    platforms = [a for p in PLATFORMS for a in ('--platform', p)]
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '-q',
+                    '--only-binary=:all:', '--python-version', python,
+                    '--implementation', 'cp', *platforms, '--platform',
+                    'any', '-d', str(folder), *wanted], check=True)
+    kept = []
+    for f in sorted(folder.glob('*.whl')):
+        if canonical(f.name.split('-')[0]) in present:
+            f.unlink()
+        else:
+            kept.append(f)
+    mib = sum(f.stat().st_size for f in kept) / 2 ** 20
+    print(f'{len(kept)} wheels in {folder}: {mib:.1f} MiB')
+    if mib > limit_mib:
+        raise RuntimeError(f'the wheels take {mib:.1f} MiB, over '
+                           f'{limit_mib:g} MiB: list what the machine '
+                           f'holds in --present FILE')
+    return kept
+
+
 def install_wheels(folder, steps):
-    """pip install, from the wheels in `folder` only, what the steps
-    need and this machine lacks."""
-    need = sorted({m for s in steps for m in missing(s)})
-    if not need:
+    """pip install every wheel in `folder` (no index, no dependency
+    resolution: `fetch_wheels` resolved them) when the steps need
+    something this machine lacks."""
+    if not any(missing(s) for s in steps):
         return
-    names = {'sklearn': 'scikit-learn', 'rouge_score': 'rouge-score'}
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
-                    '--no-index', '--find-links', str(folder),
-                    *[names.get(m, m) for m in need]], check=True)
+                    '--no-index', '--no-deps',
+                    *map(str, sorted(Path(folder).glob('*.whl')))],
+                   check=True)
 
 
 STEP_RUNNERS = {'device': device_step, 'methods': methods_step,
@@ -289,9 +377,25 @@ def main(argv=None):
     parser.add_argument('--tokenizers', default=None)
     parser.add_argument('--wheels', default=None)
     parser.add_argument('--prepare', default=None, metavar='DIR')
+    parser.add_argument('--fetch-wheels', dest='fetch', default=None,
+                        metavar='DIR', help='download the wheels a GPU '
+                        'machine without them needs, and stop')
+    parser.add_argument('--python-version', dest='python', default='3.12')
+    parser.add_argument('--present', default=None, metavar='FILE')
+    parser.add_argument('--limit-mib', dest='limit_mib', type=float,
+                        default=64.0)
     args = parser.parse_args(argv)
     if args.prepare:
         prepare(args.prepare)
+        return 0
+    if args.fetch:
+        try:
+            fetch_wheels(args.fetch, args.python,
+                         present_names(args.present), args.limit_mib)
+        except (RuntimeError, OSError,
+                subprocess.CalledProcessError) as e:
+            print(f'error: {one_line(e)}', file=sys.stderr)
+            return 2
         return 0
     args.steps, steps = args.steps_n, [s.strip() for s in
                                       args.steps.split(',') if s.strip()]

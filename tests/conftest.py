@@ -92,8 +92,12 @@ def tiny():
 
 @pytest.fixture(scope='session')
 def smol_tokenizer():
+    """SmolLM2's tokenizer: from its offline copy, or from the folder
+    WORKBENCH_SMOLLM2_TOKENIZER names (where the copy is not installed:
+    the GPU check sets it)."""
     from workbench.core.models import load_tokenizer
-    return load_tokenizer('smollm2-135m')
+    return load_tokenizer(os.environ.get('WORKBENCH_SMOLLM2_TOKENIZER')
+                          or 'smollm2-135m')
 
 
 @pytest.fixture(scope='session')

@@ -41,6 +41,19 @@ def test_jsd_is_symmetric_bounded_and_zero_on_equal():
                              ).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
+def test_jsd_row_by_row_equals_the_batch_expression():
+    p, q = random_logprobs(3, 4, 50, seed=3), random_logprobs(3, 4, 50,
+                                                              seed=4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    logm = torch.logaddexp(p, q) - math.log(2)
+    plain = 0.5 * ((p.exp() * (p - logm)).sum(-1)
+                   + (q.exp() * (q - logm)).sum(-1)) * mask
+    assert torch.equal(metrics.token_jsd(p, q, mask), plain)
+    # a float16 reference is read in the model's precision
+    assert torch.equal(metrics.token_jsd(p, q.half(), mask),
+                       metrics.token_jsd(p, q.half().float(), mask))
+
+
 def test_lpd_and_pdlp():
     out = metrics.lpd_pdlp(np.log([2.0, 4.0]), np.log([3.0, 4.0]))
     assert out['LPD'] == pytest.approx(0.5)

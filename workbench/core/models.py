@@ -261,9 +261,12 @@ def hub_errors(name):
 
 
 def load_tokenizer(name):
-    """The tokenizer of a causal LM, with a pad token and right padding."""
+    """The tokenizer of a causal LM, with a pad token and right padding;
+    `name` as `resolve` takes it, or a folder holding a tokenizer alone."""
+    folder = Path(name).expanduser()
     with hub_errors(name):
-        tok = AutoTokenizer.from_pretrained(resolve(name).path)
+        tok = AutoTokenizer.from_pretrained(
+            str(folder) if folder.is_dir() else resolve(name).path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = 'right'

@@ -107,7 +107,7 @@ def quick(setup, model, rows=2, forget=None, test_people=None):
                 logp, m = vocab_logprobs(model, {k: v[i:i + rows]
                                                  for k, v in tokens.items()})
             w = logp.shape[1]
-            total += metrics.token_jsd(logp, ref[i:i + rows, :w].float(),
+            total += metrics.token_jsd(logp, ref[i:i + rows, :w],
                                        m).sum().item()
         out[f'{s}/jsd_to_retrained'] = total / mask.sum().item()
     return out

@@ -15,10 +15,18 @@ from ..core.scoring import token_kl  # noqa: F401 (the metrics read it here)
 
 def token_jsd(logp, logq, mask):
     """Jensen-Shannon divergence per position, (B, T): KL(P||M)/2 +
-    KL(Q||M)/2 with M = (P + Q)/2, in nats (at most log 2)."""
-    logm = torch.logaddexp(logp, logq) - math.log(2)
-    return 0.5 * ((logp.exp() * (logp - logm)).sum(-1)
-                  + (logq.exp() * (logq - logm)).sum(-1)) * mask
+    KL(Q||M)/2 with M = (P + Q)/2, in nats (at most log 2).
+
+    One row of the batch at a time, so the temporaries are one text's
+    (T, V) tensors, not the batch's; a float16 `logq` (a held reference)
+    is used in `logp`'s precision."""
+    out = logp.new_empty(logp.shape[:-1])
+    for i in range(logp.shape[0]):
+        p, q = logp[i], logq[i].to(logp.dtype)
+        logm = torch.logaddexp(p, q) - math.log(2)
+        out[i] = 0.5 * ((p.exp() * (p - logm)).sum(-1)
+                        + (q.exp() * (q - logm)).sum(-1))
+    return out * mask
 
 
 def lpd_pdlp(nll_before, nll_after):
