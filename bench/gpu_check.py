@@ -385,17 +385,17 @@ def main(argv=None):
     parser.add_argument('--limit-mib', dest='limit_mib', type=float,
                         default=64.0)
     args = parser.parse_args(argv)
-    if args.prepare:
-        prepare(args.prepare)
-        return 0
-    if args.fetch:
-        try:
-            fetch_wheels(args.fetch, args.python,
-                         present_names(args.present), args.limit_mib)
-        except (RuntimeError, OSError,
-                subprocess.CalledProcessError) as e:
-            print(f'error: {one_line(e)}', file=sys.stderr)
-            return 2
+    if args.prepare or args.fetch:  # here, for a machine without them
+        if args.prepare:
+            prepare(args.prepare)
+        if args.fetch:
+            try:
+                fetch_wheels(args.fetch, args.python,
+                             present_names(args.present), args.limit_mib)
+            except (RuntimeError, OSError,
+                    subprocess.CalledProcessError) as e:
+                print(f'error: {one_line(e)}', file=sys.stderr)
+                return 2
         return 0
     args.steps, steps = args.steps_n, [s.strip() for s in
                                       args.steps.split(',') if s.strip()]
