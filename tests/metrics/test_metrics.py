@@ -280,6 +280,20 @@ def test_token_stats_in_length_order_equal_one_row_at_a_time(tiny):
             assert torch.equal(s['hit'][i, :n - 1], one['hit'][0])
 
 
+def test_vocab_moments_by_positions_equal_the_whole_batch():
+    from workbench.core.scoring import vocab_moments
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 50, 300, generator=g) * 4
+    lse = torch.logsumexp(logits, -1)
+    logp = logits - lse[..., None]
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp ** 2).sum(-1) - mu ** 2).clamp(min=1e-6).sqrt()
+    for positions in (1, 7, 64, 1000):
+        got = vocab_moments(logits, lse, positions)
+        assert torch.equal(got[0], mu) and torch.equal(got[1], sigma)
+
+
 def test_token_stats_by_head_chunks_are_those_of_the_whole_logits(tiny):
     """Without vocab_stats the head scores the real positions by chunks;
     the numbers are a log-softmax of the model's own logits."""

@@ -83,15 +83,31 @@ def token_stats(model, input_ids, attention_mask=None, batch_size=None,
         for k, v in stats.items():
             out[k].append(v)
         if vocab_stats:
-            logp = logits - lse[..., None]
-            p = logp.exp()
-            mu = (p * logp).sum(-1)
+            mu, sigma = vocab_moments(logits, lse)
             out['mu'].append(mu)
-            out['sigma'].append(((p * logp ** 2).sum(-1) - mu ** 2)
-                                .clamp(min=1e-6).sqrt())
+            out['sigma'].append(sigma)
     back = torch.argsort(order)  # from length order to the caller's
     return {k: torch.cat([pad_to(t.cpu(), T - 1) for t in v])[back]
             for k, v in out.items() if v}
+
+
+def vocab_moments(logits, lse, positions=64):
+    """Mean and standard deviation of log p under p at every position of
+    (B, T, V) logits with their logsumexp `lse` (B, T): Min-K%++'s mu and
+    sigma. `positions` positions at a time, so the temporaries are that
+    many rows of the vocabulary, not the batch's (five (B, T, V) tensors
+    were the largest of a measurement); each position's sums are the
+    same."""
+    flat, flat_lse = logits.flatten(0, -2), lse.flatten()
+    mu, sigma = flat.new_empty(len(flat)), flat.new_empty(len(flat))
+    for i in range(0, len(flat), positions):
+        logp = flat[i:i + positions] - flat_lse[i:i + positions, None]
+        p = logp.exp()
+        m = (p * logp).sum(-1)
+        mu[i:i + positions] = m
+        sigma[i:i + positions] = ((p * logp ** 2).sum(-1) - m ** 2
+                                  ).clamp(min=1e-6).sqrt()
+    return mu.view(lse.shape), sigma.view(lse.shape)
 
 
 def _head_stats(decoder, head, ids, am):
