@@ -52,7 +52,7 @@ def _postbuild_python(marker):
 
 
 def test_binder_annotates_notebook_07_at_build_time(monkeypatch):
-    """postBuild annotates the cpu profile's people with the notebook's
+    """postBuild annotates the cpu profile's letters with the notebook's
     default annotator, asking for the very texts notebook 07's annotation
     asks for: the cache (keyed by texts and annotator) then holds it, and
     no annotator child runs beside the kernel. (The rules stand in for the
@@ -60,7 +60,7 @@ def test_binder_annotates_notebook_07_at_build_time(monkeypatch):
     from types import SimpleNamespace
     from workbench.core import models
     from workbench.core.profiles import get_profile
-    from workbench.experiments import annotate, people
+    from workbench.experiments import annotate
     from workbench.experiments import selective_forgetting as sf
     assert _postbuild_python('annotate_ahead') == (
         "from workbench.experiments.selective_forgetting import "
@@ -73,7 +73,7 @@ def test_binder_annotates_notebook_07_at_build_time(monkeypatch):
     monkeypatch.setattr(sf, 'annotate_with', rules_instead)
     sf.annotate_ahead('cpu')
     p = get_profile('cpu')
-    rows = people.people_rows(p)
+    rows = sf.letter_rows(p)
     tok = models.load_tokenizer(p.model)
     setup = SimpleNamespace(profile=p, rows=rows, tokenizer=tok, tokens={
         s: tok([r['text'] for r in v], return_tensors='pt', padding=True)

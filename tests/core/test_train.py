@@ -438,3 +438,27 @@ def test_batches_built_on_the_cpu_go_to_the_models_device():
     assert moved['labels'][0].device.type == 'meta'
     assert all(t.device.type == 'meta' for t in moved['labels'][1])
     assert isinstance(moved['labels'][1], tuple) and moved['note'] == 'kept'
+
+
+def test_logprobs_by_rows_are_each_chunks_own(tiny):
+    """scoring.logprobs writes each chunk of rows into one tensor: its
+    rows are the chunk's own log-distributions, 0 past a chunk's width,
+    in the asked dtype."""
+    from workbench.core.scoring import logprobs, vocab_logprobs
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 64, (5, 9), generator=g)
+    am = torch.ones_like(ids)
+    am[1, 4:] = am[3, 6:] = am[4, 2:] = 0
+    batch = {'input_ids': ids * am, 'attention_mask': am}
+    for rows in (1, 2, 5):
+        for dtype in (torch.float32, torch.float16):
+            lp, mask = logprobs(tiny, batch, rows, dtype)
+            assert lp.dtype == dtype and lp.shape[:2] == (5, 8)
+            for i in range(0, 5, rows):
+                chunk = {k: v[i:i + rows] for k, v in batch.items()}
+                want, m = vocab_logprobs(tiny, chunk)
+                w = want.shape[1]
+                assert torch.equal(lp[i:i + rows, :w], want.to(dtype))
+                assert torch.equal(mask[i:i + rows, :w], m)
+                assert not lp[i:i + rows, w:].any()
+                assert not mask[i:i + rows, w:].any()

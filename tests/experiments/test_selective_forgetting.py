@@ -28,9 +28,11 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     assert run['ga_status'] == 'stopped'
     assert ga['forget/S-MA'] <= level['S-MA']
     assert ga['forget/S-EL_2'] <= level['S-EL_2']
-    # on these bios, full-sequence ascent's first gradient is almost all
-    # on the details already (why the two keep about the same here)
-    assert run['ga_gradient_on_spans'] > 0.8 > run['span_token_share']
+    # the letters are mostly ordinary prose: the details are about a
+    # quarter of the tokens, and take about half of full-sequence ascent's
+    # first gradient (on bios: two thirds, and over nine tenths)
+    assert run['span_token_share'] < 0.35
+    assert run['span_token_share'] < run['ga_gradient_on_spans'] < 0.8
     claims = {c['id']: c for c in rec['claims']}
     keeps = claims['seul_keeps_more_utility_than_ga']['holds']
     # GA stopped at the level above, so the claim compares utility only

@@ -16,6 +16,7 @@ from . import WorkbenchError
 from .paths import DATA_DIR
 
 SETS = {'people': 'people/people.jsonl',
+        'letters': 'letters/letters.jsonl',
         'world_facts': 'world_facts/world_facts.jsonl',
         'canaries': 'canaries/canaries.jsonl',
         'toxicity': 'toxicity/toxicity.jsonl',
@@ -50,16 +51,22 @@ def load(name):
                             split='train')
 
 
-def people(split, n=None):
-    """The first `n` people of a split: 'forget', 'retain' or 'unseen'."""
+def people(split, n=None, name='people'):
+    """The first `n` people of a split: 'forget', 'retain' or 'unseen'
+    (of another set split the same way with `name`)."""
     with _quiet_datasets():
-        ds = load('people').filter(lambda r: r['split'] == split)
+        ds = load(name).filter(lambda r: r['split'] == split)
     if len(ds) == 0:
-        raise WorkbenchError(f'no people in split {split!r}')
+        raise WorkbenchError(f'no {name} in split {split!r}')
     if n is not None and n > len(ds):
-        raise WorkbenchError(f'asked for {n} people in split {split!r}, '
+        raise WorkbenchError(f'asked for {n} {name} in split {split!r}, '
                              f'which has {len(ds)}')
     return [dict(r) for r in ds.select(range(n or len(ds)))]
+
+
+def letters(split, n=None):
+    """The letters of the first `n` people of a split (data/letters)."""
+    return people(split, n, 'letters')
 
 
 def world_facts(n=None):

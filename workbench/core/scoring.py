@@ -387,12 +387,15 @@ def logprobs(model, batch, rows=4, dtype=torch.float32):
     halves the memory of a frozen target)."""
     width = used_width(batch['attention_mask'])
     batch = {k: batch[k][:, :width] for k in ('input_ids', 'attention_mask')}
-    parts = []
+    out = mask = None
     for i in range(0, batch['input_ids'].shape[0], rows):
         chunk = {k: v[i:i + rows] for k, v in batch.items()}
-        lp, mask = vocab_logprobs(model, chunk)
-        pad = width - 1 - lp.shape[1]
-        parts.append((torch.nn.functional.pad(lp.to(dtype), (0, 0, 0, pad)),
-                      torch.nn.functional.pad(mask, (0, pad))))
-    return (torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]))
+        lp, m = vocab_logprobs(model, chunk)
+        if out is None:  # written chunk by chunk: no padded or joined copies
+            n = batch['input_ids'].shape[0]
+            out = lp.new_zeros((n, width - 1, lp.shape[-1]), dtype=dtype)
+            mask = m.new_zeros((n, width - 1))
+        out[i:i + rows, :lp.shape[1]] = lp
+        mask[i:i + rows, :m.shape[1]] = m
+        del lp
+    return out, mask

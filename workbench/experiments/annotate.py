@@ -28,9 +28,10 @@ from ..core.cache import cached_json, is_cached, key_of
 from ..core.models import in_child, inference_gib, load_causal_lm
 from ..core.profiles import Profile
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # of the prompts and the rules: part of the cache key
 MONTHS = ('January|February|March|April|May|June|July|August|September|'
           'October|November|December')
+WEEKDAYS = 'Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday'
 PATTERNS = {
     'email': r'[\w.+-]+@[\w-]+(?:\.[\w-]+)+',
     'phone': r'(?:\+?\d{1,3}[-. ])?\(?\d{3}\)?[-. ]?\d{3}[-. ]\d{4}'
@@ -53,7 +54,8 @@ def rule_spans(text):
             word_count = len(m.group().split())
             at_start = _SENTENCE_START.search(text[:m.start()]) is not None
             if kind == 'name' and (at_start and word_count < 2
-                                   or re.fullmatch(MONTHS, m.group())):
+                                   or re.fullmatch(MONTHS, m.group())
+                                   or re.fullmatch(WEEKDAYS, m.group())):
                 continue
             out.append([m.start(), m.end(), kind])
     return out

@@ -1,10 +1,12 @@
 """Notebook 07, Selective Forgetting (Wang et al., AAAI 2025): the
-people's sensitive spans (annotated in two stages, or their true ones),
-S-MA and S-EL_n on them, and the comparison of span-level ascent (SeUL)
-with gradient ascent at equal forgetting. The set-up is the implanted
-people (`people`).
+sensitive spans of the people's letters (annotated in two stages, or
+their true ones), S-MA and S-EL_n on them, and the comparison of
+span-level ascent (SeUL) with gradient ascent at equal forgetting. The
+set-up is `people`'s, on letters (data/letters: everyday prose around a
+few of each person's details) instead of bios.
 """
 from .. import metrics
+from ..core import data
 from ..core.fast.heap import measuring
 from ..core.profiles import get_profile
 from .annotate import annotate_with
@@ -32,12 +34,26 @@ def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
     return False, 'did not reach the level'
 
 
+def letter_rows(profile):
+    """The letters of a profile's forget, retain and unseen people."""
+    return {'forget': data.letters('forget', profile.n_forget),
+            'retain': data.letters('retain', profile.n_retain),
+            'unseen': data.letters('unseen', profile.n_unseen)}
+
+
+def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
+    """Implant the forget and retain people's letters (cached); measure
+    the thresholds on the unseen people's letters."""
+    p = get_profile(profile, **overrides)
+    return people.setup_from_rows(p, letter_rows(p), seed, progress)
+
+
 def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
                                                             'unseen'),
                     progress=True):
-    """Two-stage offline annotation of the people bios (cached), with the
-    span masks and each split's precision and recall against the data's
-    true PII spans.
+    """Two-stage offline annotation of the set-up's texts (cached), with
+    the span masks and each split's precision and recall against the
+    data's true PII spans.
 
     `annotator` is an instruct model's name, or 'rules' for the patterns
     alone. Returns {'spans', 'masks', 'precision', 'recall', 'report'}.
@@ -68,11 +84,11 @@ def _texts(rows, splits):
 
 def annotate_ahead(profile, annotator='smollm2-135m',
                    splits=('forget', 'unseen')):
-    """Annotate a profile's people now, so that `annotate_people` finds
+    """Annotate a profile's letters now, so that `annotate_people` finds
     them cached: Binder's build runs it, as a notebook's annotator child
     beside its kernel would not fit Binder's memory."""
     p = get_profile(profile)
-    annotate_with(_texts(people.people_rows(p), splits), annotator, p,
+    annotate_with(_texts(letter_rows(p), splits), annotator, p,
                   progress=False)
 
 
