@@ -35,13 +35,17 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     assert run['span_token_share'] < run['ga_gradient_on_spans'] < 0.8
     claims = {c['id']: c for c in rec['claims']}
     keeps = claims['seul_keeps_more_utility_than_ga']['holds']
+    # both claims ask that the model still speak: everyday-text
+    # perplexity within twice the implanted model's
+    gen = m['general/perplexity']
+    speaks = gen['after'] <= 2 * gen['before']
     # GA stopped at the level above, so the claim compares utility only
     assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
                      and m['world_facts/probability']['after']
-                     >= ga['world_facts/probability'])
+                     >= ga['world_facts/probability'] and speaks)
     assert claims['spans_forgotten']['holds'] == (
         sma['after'] <= thr['S-MA']
-        and m['forget/S-EL_2']['after'] <= thr['S-EL_2'])
+        and m['forget/S-EL_2']['after'] <= thr['S-EL_2'] and speaks)
 
 
 def test_kept_more_at_equal_forgetting():

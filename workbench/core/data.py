@@ -64,6 +64,13 @@ def people(split, n=None, name='people'):
     return [dict(r) for r in ds.select(range(n or len(ds)))]
 
 
+def everyday_texts():
+    """Everyday prose no model here trains on (the normal answers of
+    data/harmful): the text whose perplexity says a model still speaks."""
+    return [qa_text(r['question'], r['answer']) for r in load('harmful')
+            if r['kind'] == 'normal']
+
+
 def letters(split, n=None):
     """The letters of the first `n` people of a split (data/letters)."""
     return people(split, n, 'letters')

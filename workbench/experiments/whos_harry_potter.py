@@ -54,8 +54,7 @@ def read(name):
 def general_texts():
     """Everyday prose no model here trains on (the normal answers of
     data/harmful): the text whose perplexity measures fluency kept."""
-    return [data.qa_text(r['question'], r['answer'])
-            for r in data.load('harmful') if r['kind'] == 'normal']
+    return data.everyday_texts()
 
 
 @dataclass
