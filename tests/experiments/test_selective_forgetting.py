@@ -39,6 +39,13 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     # perplexity within twice the implanted model's
     gen = m['general/perplexity']
     speaks = gen['after'] <= 2 * gen['before']
+    # SeUL left the forget letters' ordinary prose; gradient ascent
+    # un-learned it, below the level of letters never seen (three seeds:
+    # 0.74-0.78 against 0.42-0.46, never-seen 0.67), and SeUL's model
+    # still speaks
+    assert m['forget/MA']['after'] > ga['forget/MA'] + 0.1
+    assert ga['forget/MA'] < thr['MA']
+    assert speaks
     # GA stopped at the level above, so the claim compares utility only
     assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
                      and m['world_facts/probability']['after']
