@@ -86,10 +86,9 @@ def letter(template, person):
     return text + template[pos:], spans
 
 
-def main():
+def main(out=HERE / 'letters.jsonl'):
     people = [json.loads(line) for line in PEOPLE.read_text().splitlines()]
-    out = HERE / 'letters.jsonl'
-    with out.open('w') as f:
+    with Path(out).open('w') as f:
         for i, p in enumerate(people):
             text, spans = letter(TEMPLATES[i % len(TEMPLATES)], p)
             f.write(json.dumps({'id': p['id'], 'split': p['split'],

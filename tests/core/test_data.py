@@ -9,7 +9,7 @@ from workbench.core.paths import DATA_DIR
 
 SETS = {'people': 'make_people', 'world_facts': 'make_world_facts',
         'canaries': 'make_canaries', 'toxicity': 'make_toxicity',
-        'harmful': 'make_harmful'}
+        'harmful': 'make_harmful', 'letters': 'make_letters'}
 
 
 @pytest.mark.parametrize('name', SETS)
@@ -63,6 +63,23 @@ def test_people_spans_and_splits():
             assert len(qa['perturbed_answers']) == 3
             assert qa['paraphrased_answer'] not in qa['perturbed_answers']
     assert len(data.people('forget', 4)) == 4
+
+
+def test_letters_carry_their_persons_details():
+    people = {r['id']: dict(r) for r in data.load('people')}
+    letters = [dict(r) for r in data.load('letters')]
+    assert [r['id'] for r in letters] == list(people)
+    for r in letters:
+        p = people[r['id']]
+        assert r['split'] == p['split'] and r['name'] == p['name']
+        details = {k: p['text'][s:e] for s, e, k in p['spans']}
+        assert 2 <= len(r['spans']) <= 4
+        for s, e, k in r['spans']:
+            assert r['text'][s:e] == details[k]
+        # mostly ordinary prose: the details are a small share of it
+        assert sum(e - s for s, e, _ in r['spans']) < 0.35 * len(r['text'])
+    assert [r['id'] for r in data.letters('retain', 3)] == [
+        r['id'] for r in data.people('retain', 3)]
 
 
 def test_a_first_read_prints_no_progress_bars(tmp_path, monkeypatch,
