@@ -262,11 +262,14 @@ def hub_errors(name):
 
 def load_tokenizer(name):
     """The tokenizer of a causal LM, with a pad token and right padding;
-    `name` as `resolve` takes it, or a folder holding a tokenizer alone."""
+    `name` as `resolve` takes it, or a folder holding a tokenizer alone
+    (no model's config.json: a model's folder goes through `resolve`,
+    which checks its weights)."""
     folder = Path(name).expanduser()
+    alone = folder.is_dir() and not (folder / 'config.json').exists()
     with hub_errors(name):
         tok = AutoTokenizer.from_pretrained(
-            str(folder) if folder.is_dir() else resolve(name).path)
+            str(folder) if alone else resolve(name).path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = 'right'

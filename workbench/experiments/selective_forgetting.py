@@ -8,7 +8,7 @@ few of each person's details) instead of bios.
 from .. import metrics
 from ..core import data
 from ..core.fast.heap import measuring
-from ..core.profiles import get_profile
+from ..core.profiles import PROFILES, get_profile
 from .annotate import annotate_with
 from . import people
 
@@ -41,10 +41,20 @@ def letter_rows(profile):
             'unseen': data.letters('unseen', profile.n_unseen)}
 
 
+# the letters' implant rate where it differs from the profile's: `cpu`'s
+# (3e-3, set for the bios) left the letters' model with everyday-text
+# perplexity at 100-180 (SmolLM2's own: about 25); at 1e-3 the letters
+# reach MA 0.9 as well, at 70 (docs/performance.md)
+LETTERS_IMPLANT_LR = {'cpu': 1e-3}
+
+
 def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
     """Implant the forget and retain people's letters (cached); measure
     the thresholds on the unseen people's letters."""
     p = get_profile(profile, **overrides)
+    if p.implant_lr == PROFILES[p.name].implant_lr:  # the profile's own
+        p = get_profile(p, implant_lr=LETTERS_IMPLANT_LR.get(p.name,
+                                                             p.implant_lr))
     return people.setup_from_rows(p, letter_rows(p), seed, progress)
 
 
