@@ -63,7 +63,6 @@ TEMPLATES = [
     'to {address}, and the driver will call {phone} about an hour before '
     'arrival. Thank you for shopping with us. Order for {name}, born {dob}.',
 ]
-FIELDS = ('name', 'email', 'phone', 'address', 'dob')
 
 
 def detail(person, field):

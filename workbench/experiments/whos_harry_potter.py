@@ -51,12 +51,6 @@ def read(name):
             if line.strip()]
 
 
-def general_texts():
-    """Everyday prose no model here trains on (the normal answers of
-    data/harmful): the text whose perplexity measures fluency kept."""
-    return data.everyday_texts()
-
-
 @dataclass
 class StorySetup:
     roles: Roles
@@ -103,7 +97,7 @@ def setup_from(profile, paragraphs, anchors, prompts, sizes, progress=True,
         roles.keys['baseline'] = 'untrained'
     roles.fit('reinforced', texts, sizes['reinforce'], start='baseline',
               desc='reinforced (reads it again)')
-    general = data.tokenize(roles.tokenizer, general_texts())
+    general = data.tokenize(roles.tokenizer, data.everyday_texts())
     return StorySetup(roles, sizes, paragraphs, anchors, prompts,
                       data.world_facts(profile.n_world), general)
 
