@@ -9,8 +9,7 @@ as A_D) so that on the forget set its gap to a model trained on D_f (A_f)
 is that same gap: D_f then looks unseen to A*. A distillation term keeps A*
 close to A_D on the retained data. A_D, A_f and A_n are frozen: the
 new-data gap and A_f's distributions on D_f are computed once, before the
-first step, and A_D's on D_r too when they fit (else minibatch by
-minibatch).
+first step; A_D's on each retained minibatch as it comes.
 
 One KL direction for both gaps, KL(model that trained on the data ||
 model that did not), as the paper's generation code; padded positions are
@@ -112,26 +111,17 @@ def kga_loss(model, batch):
     return l_a + l_r, {**a, **r}
 
 
-# A_D's distributions on the retained texts are computed once and held
-# (float16) when they take at most this much memory; a larger retain set
-# gets them minibatch by minibatch, as it comes (a forward pass of a few
-# texts per update, against 138 MB held for notebook 08's 32 Q&A pairs)
-HELD_TARGETS_BYTES = 64 * 2 ** 20
-
-
-def prepare(roles, a_d, a_f, a_n, forget, retain, new):
+def prepare(roles, a_d, a_f, a_n, forget, new):
     """What is frozen and used at every update, computed once: A_f's
-    distributions on the forget texts, A_D's on the retained texts (None
-    beyond HELD_TARGETS_BYTES), and the new-data gap KL(A_n || A_D)
-    averaged over all of D_n. Targets are kept in float16: half the
-    memory; in a test the KL they give moves by under 1e-4 nats plus
-    1e-4 of itself."""
+    distributions on the forget texts (kept in float16: half the memory;
+    in a test the KL they give moves by under 1e-4 nats plus 1e-4 of
+    itself) and the new-data gap KL(A_n || A_D) averaged over all of D_n.
+    A_D's distributions on the retained texts are not held: a minibatch's
+    are computed as it comes, a forward pass without gradient (holding
+    them all took more memory than the update itself on Binder)."""
     gap = mean_kl(roles, a_n, a_d, new)
     f_t, _ = roles.logprobs(a_f, forget, dtype=torch.float16)
-    size = retain['input_ids'].numel() * roles.model.config.vocab_size * 2
-    r_t = (roles.logprobs(a_d, retain, dtype=torch.float16)[0]
-           if size <= HELD_TARGETS_BYTES else None)
-    return {**forget, 'target_logprobs': f_t}, r_t, gap
+    return {**forget, 'target_logprobs': f_t}, gap
 
 
 def plan(task, model, config, evaluate_forget=None):
@@ -147,8 +137,7 @@ def plan(task, model, config, evaluate_forget=None):
     alignment loss (no second pass over the forget set).
     """
     roles, a_d, retain = task.roles, task.original, task.retain
-    forget_t, retain_t, gap = prepare(roles, a_d, 'A_f', 'A_n', task.forget,
-                                      retain, task.new)
+    forget_t, gap = prepare(roles, a_d, 'A_f', 'A_n', task.forget, task.new)
     gen = torch.Generator().manual_seed(config.seed)
     n = retain['input_ids'].shape[0]
 
@@ -157,9 +146,8 @@ def plan(task, model, config, evaluate_forget=None):
             for idx in torch.randperm(n, generator=gen).split(
                     config.batch_size):
                 batch = {k: v[idx] for k, v in retain.items()}
-                batch['target_logprobs'] = (
-                    retain_t[idx] if retain_t is not None else roles.logprobs(
-                        a_d, batch, dtype=torch.float16)[0])
+                batch['target_logprobs'] = roles.logprobs(
+                    a_d, batch, dtype=torch.float16)[0]
                 yield {'forget': forget_t, 'gap': gap,
                        'alpha': config.retain_weight, 'retain': batch}
 
