@@ -117,8 +117,9 @@ def prepare(roles, a_d, a_f, a_n, forget, new):
     in a test the KL they give moves by under 1e-4 nats plus 1e-4 of
     itself) and the new-data gap KL(A_n || A_D) averaged over all of D_n.
     A_D's distributions on the retained texts are not held: a minibatch's
-    are computed as it comes, a forward pass without gradient (holding
-    them all took more memory than the update itself on Binder)."""
+    are computed as it comes, a forward pass without gradient (held, the
+    `cpu` profile's eight bios took 63 MiB, which kept notebook 04 above
+    its Binder memory goal)."""
     gap = mean_kl(roles, a_n, a_d, new)
     f_t, _ = roles.logprobs(a_f, forget, dtype=torch.float16)
     return {**forget, 'target_logprobs': f_t}, gap
