@@ -61,7 +61,7 @@ def test_binder_annotates_notebook_07_at_build_time(monkeypatch):
     from workbench.core import models
     from workbench.core.profiles import get_profile
     from workbench.experiments import annotate
-    from workbench.experiments import selective_forgetting as sf
+    from workbench.experiments import people, selective_forgetting as sf
     assert _postbuild_python('annotate_ahead') == (
         "from workbench.experiments.selective_forgetting import "
         "annotate_ahead; annotate_ahead('cpu')")
@@ -73,7 +73,7 @@ def test_binder_annotates_notebook_07_at_build_time(monkeypatch):
     monkeypatch.setattr(sf, 'annotate_with', rules_instead)
     sf.annotate_ahead('cpu')
     p = get_profile('cpu')
-    rows = sf.letter_rows(p)
+    rows = people.letter_rows(p)
     tok = models.load_tokenizer(p.model)
     setup = SimpleNamespace(profile=p, rows=rows, tokenizer=tok, tokens={
         s: tok([r['text'] for r in v], return_tensors='pt', padding=True)

@@ -2,8 +2,10 @@
 
 `people_setup(profile)` implants the forget and retain people into the
 profile's model (cached), tokenises the splits, and measures the forgetting
-thresholds on people the model never saw. `measure(setup, model)` gives the
-numbers every notebook reports before and after a method.
+thresholds on people the model never saw; `letters_setup(profile)` does the
+same with the people's letters (everyday prose around a few of their
+details, data/letters). `measure(setup, model)` gives the numbers every
+notebook reports before and after a method.
 """
 import functools
 import hashlib
@@ -19,7 +21,7 @@ from ..core.fast.heap import measuring
 from .. import methods, metrics
 from ..core.implant import implant
 from ..core.cache import MANIFEST, cached_json, key_of
-from ..core.profiles import get_profile
+from ..core.profiles import PROFILES, get_profile
 
 
 @dataclass
@@ -147,6 +149,30 @@ def people_rows(profile):
     return {'forget': data.people('forget', profile.n_forget),
             'retain': data.people('retain', profile.n_retain),
             'unseen': data.people('unseen', profile.n_unseen)}
+
+
+def letter_rows(profile):
+    """The letters of a profile's forget, retain and unseen people."""
+    return {'forget': data.letters('forget', profile.n_forget),
+            'retain': data.letters('retain', profile.n_retain),
+            'unseen': data.letters('unseen', profile.n_unseen)}
+
+
+# the letters' implant rate where it differs from the profile's: `cpu`'s
+# (3e-3, set for the bios) left the letters' model with everyday-text
+# perplexity at 100-180 (SmolLM2's own: about 25); at 1e-3 the letters
+# reach MA 0.9 as well, at 70 (docs/performance.md)
+LETTERS_IMPLANT_LR = {'cpu': 1e-3}
+
+
+def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
+    """Implant the forget and retain people's letters (cached); measure
+    the thresholds on the unseen people's letters."""
+    p = get_profile(profile, **overrides)
+    if p.implant_lr == PROFILES[p.name].implant_lr:  # the profile's own
+        p = get_profile(p, implant_lr=LETTERS_IMPLANT_LR.get(p.name,
+                                                             p.implant_lr))
+    return setup_from_rows(p, letter_rows(p), seed, progress)
 
 
 def trainable(setup):

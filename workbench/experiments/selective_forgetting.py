@@ -2,13 +2,13 @@
 sensitive spans of the people's letters (annotated in two stages, or
 their true ones), S-MA and S-EL_n on them, and the comparison of
 span-level ascent (SeUL) with gradient ascent at equal forgetting. The
-set-up is `people`'s, on letters (data/letters: everyday prose around a
-few of each person's details) instead of bios.
+set-up is `people.letters_setup`: letters (data/letters: everyday prose
+around a few of each person's details) instead of bios.
 """
 from .. import metrics
 from ..core import data
 from ..core.fast.heap import measuring
-from ..core.profiles import PROFILES, get_profile
+from ..core.profiles import get_profile
 from .annotate import annotate_with
 from . import people
 
@@ -32,30 +32,6 @@ def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
     if their_status == 'diverged':
         return True, 'met the divergence guard before the level'
     return False, 'did not reach the level'
-
-
-def letter_rows(profile):
-    """The letters of a profile's forget, retain and unseen people."""
-    return {'forget': data.letters('forget', profile.n_forget),
-            'retain': data.letters('retain', profile.n_retain),
-            'unseen': data.letters('unseen', profile.n_unseen)}
-
-
-# the letters' implant rate where it differs from the profile's: `cpu`'s
-# (3e-3, set for the bios) left the letters' model with everyday-text
-# perplexity at 100-180 (SmolLM2's own: about 25); at 1e-3 the letters
-# reach MA 0.9 as well, at 70 (docs/performance.md)
-LETTERS_IMPLANT_LR = {'cpu': 1e-3}
-
-
-def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
-    """Implant the forget and retain people's letters (cached); measure
-    the thresholds on the unseen people's letters."""
-    p = get_profile(profile, **overrides)
-    if p.implant_lr == PROFILES[p.name].implant_lr:  # the profile's own
-        p = get_profile(p, implant_lr=LETTERS_IMPLANT_LR.get(p.name,
-                                                             p.implant_lr))
-    return people.setup_from_rows(p, letter_rows(p), seed, progress)
 
 
 # a model "still works" while its perplexity on everyday text stays
@@ -110,7 +86,7 @@ def annotate_ahead(profile, annotator='smollm2-135m',
     them cached: Binder's build runs it, as a notebook's annotator child
     beside its kernel would not fit Binder's memory."""
     p = get_profile(profile)
-    annotate_with(_texts(letter_rows(p), splits), annotator, p,
+    annotate_with(_texts(people.letter_rows(p), splits), annotator, p,
                   progress=False)
 
 
