@@ -9,26 +9,38 @@ import torch
 def test_gradient_ascent_reaches_the_thresholds(smoke_record):
     rec = smoke_record('03_knowledge_unlearning')
     m, thr = rec['metrics'], rec['thresholds']
-    # the implanted model knew the forget set far beyond unseen text
-    assert m['forget/MA']['before'] > thr['MA'] + 0.2
-    assert m['forget/EL_10']['before'] > 5 * thr['EL_10']
+    # the implanted model knew the forget letters beyond unseen ones (whose
+    # templates it learned with them: their MA is high)
+    assert m['forget/MA']['before'] > thr['MA'] + 0.15
+    assert m['forget/EL_10']['before'] > 1.5 * thr['EL_10']
     # full-batch gradient ascent brought both below the thresholds ...
     assert m['forget/MA']['after'] <= thr['MA']
     assert m['forget/EL_10']['after'] <= thr['EL_10']
-    # ... within the step budget, while the retain set kept a stated share
-    # of its memorisation (gradient ascent is not free: see the notebook)
+    # ... within the step budget, in a model that still works: it still
+    # speaks everyday text, kept its general knowledge and most of the
+    # retained letters
     assert rec['run']['status'] == 'stopped'
-    assert m['retain/MA']['after'] > 0.5 * m['retain/MA']['before']
+    gen = m['general/perplexity']
+    assert gen['after'] <= 2 * gen['before']
     assert m['world_facts/probability']['after'] > \
-        0.6 * m['world_facts/probability']['before']
+        0.9 * m['world_facts/probability']['before']
+    assert m['retain/MA']['after'] > 0.75 * m['retain/MA']['before']
     # membership inference: forget texts looked like members before
     assert m['forget/mia_auc_loss']['before'] > 0.9
     assert m['forget/mia_auc_loss']['after'] < \
         m['forget/mia_auc_loss']['before']
     claims = {c['id']: c['holds'] for c in rec['claims']}
     assert claims['ga_reaches_threshold'] is True
-    assert 'sequential_beats_batch' in claims
-    assert rec['sequential']['forget/MA'] <= thr['MA']
+    seq = rec['sequential']
+    assert seq['forget/MA'] <= thr['MA']
+    # the sequential claim's verdict is its rule applied to its evidence
+    world = 'world_facts/probability'
+    seq_ok = (seq['forget/MA'] <= thr['MA'] and seq['forget/EL_10']
+              <= thr['EL_10'] and seq['general/perplexity']
+              <= 2 * gen['before'])
+    kept_more = (seq[world] >= m[world]['after']
+                 and seq['general/perplexity'] < gen['after'])
+    assert claims['sequential_beats_batch'] == (seq_ok and kept_more)
     sizes = {r['forget-set size']: r['steps'] for r in rec['by_size']}
     n = max(sizes)  # the whole forget set
     # size 1, the sequential run's first chunk (half the set), and the set

@@ -175,6 +175,18 @@ def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
     return setup_from_rows(p, letter_rows(p), seed, progress)
 
 
+# a model "still works" while its perplexity on everyday text stays
+# within this factor of the implanted model's
+EVERYDAY_BOUND = 2.0
+
+
+def everyday_perplexity(setup, model):
+    """Perplexity of everyday prose none of the models trained on
+    (`data.everyday_texts`): whether the model still speaks."""
+    t = data.tokenize(setup.tokenizer, data.everyday_texts())
+    return metrics.perplexity(model, t['input_ids'], t['attention_mask'])
+
+
 def trainable(setup):
     """A trainable model that starts from the implanted weights.
 

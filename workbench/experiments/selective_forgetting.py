@@ -6,7 +6,6 @@ set-up is `people.letters_setup`: letters (data/letters: everyday prose
 around a few of each person's details) instead of bios.
 """
 from .. import metrics
-from ..core import data
 from ..core.fast.heap import measuring
 from ..core.profiles import get_profile
 from .annotate import annotate_with
@@ -32,18 +31,6 @@ def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
     if their_status == 'diverged':
         return True, 'met the divergence guard before the level'
     return False, 'did not reach the level'
-
-
-# a model "still works" while its perplexity on everyday text stays
-# within this factor of the implanted model's
-EVERYDAY_BOUND = 2.0
-
-
-def everyday_perplexity(setup, model):
-    """Perplexity of everyday prose none of the models trained on
-    (`data.everyday_texts`): whether the model still speaks."""
-    t = data.tokenize(setup.tokenizer, data.everyday_texts())
-    return metrics.perplexity(model, t['input_ids'], t['attention_mask'])
 
 
 def annotate_people(setup, annotator='smollm2-135m', splits=('forget',
