@@ -34,18 +34,46 @@ def test_gradient_ascent_reaches_the_thresholds(smoke_record):
     seq = rec['sequential']
     assert seq['forget/MA'] <= thr['MA']
     # the sequential claim's verdict is its rule applied to its evidence
-    world = 'world_facts/probability'
-    seq_ok = (seq['forget/MA'] <= thr['MA'] and seq['forget/EL_10']
-              <= thr['EL_10'] and seq['general/perplexity']
-              <= 2 * gen['before'])
-    kept_more = (seq[world] >= m[world]['after']
-                 and seq['general/perplexity'] < gen['after'])
-    assert claims['sequential_beats_batch'] == (seq_ok and kept_more)
+    from workbench.experiments import knowledge_unlearning
+    before = {k: v['before'] for k, v in m.items()}
+    after = {k: v['after'] for k, v in m.items()}
+    assert claims['sequential_beats_batch'] == \
+        knowledge_unlearning.sequential_beats_batch(before, after, seq,
+                                                    thr)[0]
     sizes = {r['forget-set size']: r['steps'] for r in rec['by_size']}
     n = max(sizes)  # the whole forget set
     # size 1, the sequential run's first chunk (half the set), and the set
     assert sorted(sizes) == [1, n // 2, n]
     assert sizes[n // 2] == rec['chunks'][0]['steps']
+
+
+def test_sequential_beats_batch_only_in_models_that_still_work():
+    from workbench.experiments.knowledge_unlearning import (
+        sequential_beats_batch)
+    thr = {'MA': 0.5, 'EL_10': 0.1}
+    before = {'general/perplexity': 30.0}
+
+    def run(ma, ppl, prob):
+        return {'forget/MA': ma, 'forget/EL_10': 0.05,
+                'general/perplexity': ppl, 'world_facts/probability': prob}
+    at_once = run(0.4, 40.0, 0.50)
+    # both forgot in working models: the chunks must keep more of both
+    assert sequential_beats_batch(before, at_once, run(0.4, 35.0, 0.50),
+                                  thr) == (True, True, True)
+    assert not sequential_beats_batch(before, at_once,
+                                      run(0.4, 45.0, 0.52), thr)[0]
+    assert not sequential_beats_batch(before, at_once,
+                                      run(0.4, 35.0, 0.49), thr)[0]
+    # chunks that forgot only by breaking the model (past 2 x 30) lose
+    assert sequential_beats_batch(before, at_once, run(0.4, 61.0, 0.6),
+                                  thr) == (False, True, False)
+    # chunks that did not forget lose, however much they kept
+    assert not sequential_beats_batch(before, at_once,
+                                      run(0.6, 31.0, 0.6), thr)[0]
+    # the whole set broke the model, the chunks did not: the chunks win
+    assert sequential_beats_batch(before, run(0.4, 70.0, 0.55),
+                                  run(0.4, 50.0, 0.45), thr) == (
+        True, False, True)
 
 
 def test_measure_after_sequential_unlearning_reuses_the_last_chunk(

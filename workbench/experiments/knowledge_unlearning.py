@@ -57,3 +57,27 @@ def measure_sequential(setup, model, results):
         mean += people.forget_el(setup, model, subset(setup.tokens['forget'],
                                                earlier)) * len(earlier)
     return people.measure(setup, model, known={el: mean / n})
+
+
+def sequential_beats_batch(before, batch, sequential, thresholds,
+                           bound=people.EVERYDAY_BOUND):
+    """Jang et al.'s claim that chunks preserve the model better than the
+    whole set at once, judged in models that still work: a run counts as
+    forgotten when it is below the thresholds with everyday-text
+    perplexity within `bound` times the implanted model's (`before`).
+    The chunks win where they forgot and the whole set at once did not,
+    or where both did and the chunks kept no less `world_facts`
+    probability and a lower everyday-text perplexity (knowledge and
+    language: either alone moves by less than its noise).
+
+    Returns (holds, batch forgot, chunks forgot)."""
+    gen, world = 'general/perplexity', 'world_facts/probability'
+
+    def forgot(m):
+        return (people.below_thresholds(m, thresholds) is not None
+                and m[gen] <= bound * before[gen])
+    batch_ok, seq_ok = forgot(batch), forgot(sequential)
+    kept_more = (sequential[world] >= batch[world]
+                 and sequential[gen] < batch[gen])
+    return seq_ok and (not batch_ok or kept_more), batch_ok, seq_ok
+
