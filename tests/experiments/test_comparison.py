@@ -47,6 +47,28 @@ def test_tagged_events_carry_the_method_name():
     assert seen == [{'step': 2, 'kind': 'eval', 'npo forget MA': 0.5}]
 
 
+def test_forgetting_has_a_price_only_where_a_model_still_works():
+    def rows(**methods):  # method -> (forget ES, model utility)
+        out = {'original': {'forget/ES': 0.9, 'model_utility': 0.5}}
+        out.update({m: {'forget/ES': es, 'model_utility': u}
+                    for m, (es, u) in methods.items()})
+        return out
+    price = compare.forgetting_has_a_price
+    # halved and paid, one still working (0.3 >= half of 0.5)
+    holds, evidence = price(rows(ga=(0.2, 0.0), npo=(0.3, 0.3)), ['ga', 'npo'])
+    assert holds
+    assert 'ga 0.000 (no longer works)' in evidence
+    assert 'still working (at least 0.250): npo' in evidence
+    # only ruined models halved it: nothing said of the price
+    assert not price(rows(ga=(0.2, 0.0), npo=(0.3, 0.1)), ['ga', 'npo'])[0]
+    # one halved it for free
+    assert not price(rows(ga=(0.2, 0.4), npo=(0.3, 0.5)), ['ga', 'npo'])[0]
+    # a method that did not halve ES is not asked
+    assert price(rows(ga=(0.2, 0.4), npo=(0.6, 0.5)), ['ga', 'npo'])[0]
+    holds, evidence = price(rows(ga=(0.6, 0.5)), ['ga'])
+    assert not holds and 'none halved it' in evidence
+
+
 @pytest.mark.notebooks
 def test_every_method_against_the_oracle(smoke_record):
     rec = smoke_record('08_comparison', {'steps': 6, 'relearn_steps': 3})

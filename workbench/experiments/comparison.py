@@ -461,6 +461,38 @@ def compare(setup, budget, callbacks=(), progress=True):
     return rows, runs
 
 
+# a model "still works" while its Model Utility keeps this share of the
+# original's: the harmonic mean falls to 0 with any of its parts (greedy
+# answers to world facts that no longer hold the fact, say)
+WORKING_UTILITY = 0.5
+
+
+def forgetting_has_a_price(rows, methods):
+    """The claim that no method forgets for free, from the table's `rows`
+    (role -> numbers, with 'original') of the `methods` that ran.
+
+    Returns (holds, evidence). It holds when every method that halved the
+    original's forget ES lost Model Utility, and at least one of those
+    still works (Model Utility at least `WORKING_UTILITY` of the
+    original's): a ruined model has lost utility, but says nothing of the
+    price of forgetting.
+    """
+    o = rows['original']
+    halved = [m for m in methods
+              if rows[m]['forget/ES'] <= 0.5 * o['forget/ES']]
+    floor = WORKING_UTILITY * o['model_utility']
+    working = [m for m in halved if rows[m]['model_utility'] >= floor]
+    paid = all(rows[m]['model_utility'] < o['model_utility'] for m in halved)
+    evidence = ('model utility of every method that halved forget ES, '
+                f"against the original's {o['model_utility']:.3f}: "
+                + (', '.join(f"{m} {rows[m]['model_utility']:.3f}"
+                             + ('' if m in working else ' (no longer works)')
+                             for m in halved) or 'none halved it')
+                + f'; still working (at least {floor:.3f}): '
+                + (', '.join(working) or 'none'))
+    return bool(working) and paid, evidence
+
+
 def tagged(callback, method, event):
     """A training event renamed for a figure of all methods at once:
     `forget/MA` becomes `<method> forget MA`."""
