@@ -75,7 +75,7 @@ def sequential_beats_batch(before, batch, sequential, thresholds,
 
     def forgot(m):
         return (people.below_thresholds(m, thresholds) is not None
-                and m[gen] <= bound * before[gen])
+                and people.still_works(before, m, bound))
     batch_ok, seq_ok = forgot(batch), forgot(sequential)
     kept_more = (sequential[world] >= batch[world]
                  and sequential[gen] < batch[gen])

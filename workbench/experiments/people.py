@@ -180,6 +180,14 @@ def letters_setup(profile='smoke', seed=0, progress=True, **overrides):
 EVERYDAY_BOUND = 2.0
 
 
+def still_works(before, after, bound=EVERYDAY_BOUND):
+    """Whether a model still speaks: its everyday-text perplexity
+    (`after['general/perplexity']`) within `bound` times the implanted
+    model's (`before`)."""
+    gen = 'general/perplexity'
+    return after[gen] <= bound * before[gen]
+
+
 def everyday_perplexity(setup, model):
     """Perplexity of everyday prose none of the models trained on
     (`data.everyday_texts`): whether the model still speaks."""
