@@ -43,6 +43,23 @@ def test_a_checkpointed_lora_step_has_the_same_gradient():
     assert (calls[False], calls[True]) == (1, 2)  # again, backward
 
 
+def test_a_checkpointed_top_layer_step_has_the_same_gradient():
+    """The top layer trains over a frozen one, whose output asks for no
+    gradient: checkpointing must still reach the top layer's weights."""
+    grads = {}
+    for on in (False, True):
+        model = models.prepare(tiny_llama(), get_profile(
+            'smoke', gradient_checkpointing=on), top_layers=1)
+        model.train()
+        grads[on] = step_gradient(model, ga.ga_loss,
+                                  [random_tokens(n=4, T=12)], 1)
+    top = sum(1 for _ in tiny_llama().model.layers[1].parameters())
+    assert len(grads[False]) == len(grads[True]) == top
+    assert all(g.abs().sum() > 0 for g in grads[True])
+    assert all(torch.allclose(a, b) for a, b in zip(grads[False],
+                                                    grads[True]))
+
+
 def test_a_checkpointed_role_trains_to_the_same_weights(tiny_model_dir,
                                                          cache):
     """Roles adapt the top layer of two, over the frozen trunk below."""

@@ -122,6 +122,43 @@ def test_full_finetuning_keeps_a_frozen_reference(tiny):
         assert not any(p.requires_grad for p in ref.parameters())
 
 
+def test_top_layers_train_alone_and_the_reference_copies_only_them(tiny):
+    """`top_layers` trains every weight of the top layers, whatever the
+    profile says (here `cpu`, LoRA and checkpointing); the reference shares
+    the frozen weights, keeps the trained layers' original, and `reset`
+    puts it back."""
+    ids = torch.randint(1, 64, (4, 8))
+    original = tiny(input_ids=ids).logits.detach()
+    model = models.prepare(tiny, get_profile('cpu', lora_r=4), top_layers=1)
+    top, below = model.model.layers[1], model.model.layers[0]
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in below.parameters())
+    assert not model.model.embed_tokens.weight.requires_grad
+    with models.reference(model) as ref:
+        assert ref.model.embed_tokens.weight is model.model.embed_tokens.weight
+        assert ref.model.layers[0].mlp.up_proj.weight is below.mlp.up_proj.weight
+        assert ref.model.layers[1].mlp.up_proj.weight is not top.mlp.up_proj.weight
+    frozen = below.mlp.up_proj.weight.clone()
+    batch = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+    model.train()
+    res = methods.run('ga', model, methods.Task(forget=batch),
+                      ga.GAConfig(lr=1e-2, steps=3), progress=False)
+    model.eval()
+    assert res.status == 'completed'
+    assert torch.equal(below.mlp.up_proj.weight, frozen)
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, original)
+        with models.reference(model) as ref:
+            assert torch.allclose(ref(input_ids=ids).logits, original)
+        models.reset(model)
+        assert torch.allclose(model(input_ids=ids).logits, original)
+
+
+def test_top_layers_out_of_range_is_one_clear_error(tiny):
+    with pytest.raises(WorkbenchError, match='top_layers must be 1 to 2'):
+        models.prepare(tiny, get_profile('smoke'), top_layers=3)
+
+
 def test_implant_caches_and_rebuilds_corrupted_entries(tiny_model_dir, cache,
                                                        capsys):
     profile = tiny_profile(tiny_model_dir)

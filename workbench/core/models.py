@@ -350,12 +350,22 @@ def add_lora(model, r=16, alpha=None):
     return get_peft_model(model, config)
 
 
-def prepare(model, profile):
-    """Make `model` trainable as `profile` says: LoRA or all weights."""
+def prepare(model, profile, top_layers=0):
+    """Make `model` trainable as `profile` says: LoRA or all weights; with
+    `top_layers`, every weight of its top `top_layers` decoder layers and
+    nothing else (`train_top_layers`), whatever the profile says."""
     if profile.gradient_checkpointing:
         checkpointing(model)
+    if top_layers:
+        return train_top_layers(model, top_layers)
     if profile.lora:
         return add_lora(model, profile.lora_r)
+    _float32_for_adam(model)
+    keep_reference(model)
+    return model
+
+
+def _float32_for_adam(model):
     if next(model.parameters()).dtype != torch.float32:
         # Adam's updates under half a step of a 16-bit weight are rounded
         # away: full weights train in float32, whatever the model came in
@@ -363,16 +373,55 @@ def prepare(model, profile):
               f'{next(model.parameters()).dtype}; Adam\'s small updates '
               f'would be lost there)')
         model.float()
+
+
+def train_top_layers(model, n):
+    """Train every weight of the top `n` decoder layers of `model`, the
+    embeddings, the layers below and the head frozen; the kept original
+    (`reference`) copies those layers only and shares the rest.
+
+    Between LoRA and full fine-tuning: the updates are not confined to a
+    low-rank subspace, and the gradient, the optimiser's state and the
+    reference cost those layers' weights, not the whole model's."""
+    decoder = model.get_decoder() if hasattr(model, 'get_decoder') else None
+    layers = getattr(decoder, 'layers', None)
+    if layers is None:
+        raise WorkbenchError(f'{type(model).__name__} has no decoder layers '
+                             f'to train the top {n} of')
+    if not 0 < n <= len(layers):
+        raise WorkbenchError(f'top_layers must be 1 to {len(layers)} (the '
+                             f'model\'s decoder layers), got {n}')
+    _float32_for_adam(model)
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        layer.requires_grad_(True)
     keep_reference(model)
     return model
 
 
 def keep_reference(model):
-    """Store a frozen copy of `model` as its original (full fine-tuning)."""
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    """Store a frozen copy of `model`'s trainable weights as its original
+    (full fine-tuning, or `train_top_layers`): the frozen parameters are
+    shared with `model`, not copied."""
+    frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+    ref = copy.deepcopy(model, frozen).eval().requires_grad_(False)
     # stored outside nn.Module's registry, so it is no submodule of `model`
     model.__dict__['_workbench_reference'] = ref
     return ref
+
+
+def reset(model):
+    """Put the kept original's weights back into `model`'s trainable ones
+    (full fine-tuning, or `train_top_layers`): it starts afresh."""
+    ref = model.__dict__.get('_workbench_reference')
+    if ref is None:
+        raise WorkbenchError('this model has no reference: wrap it with '
+                             '`models.prepare` before training')
+    kept = dict(ref.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(kept[name])
 
 
 @contextmanager

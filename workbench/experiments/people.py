@@ -195,25 +195,30 @@ def everyday_perplexity(setup, model):
     return metrics.perplexity(model, t['input_ids'], t['attention_mask'])
 
 
-def trainable(setup):
+def trainable(setup, top_layers=0):
     """A trainable model that starts from the implanted weights.
 
     Each call starts afresh: a new LoRA adapter on the implanted base, or
     (full fine-tuning) the weights copied back from the kept original.
+    With `top_layers`, every weight of the top `top_layers` decoder layers
+    trains instead (`models.train_top_layers`).
     """
     # memory: peft loads SciPy; only where adapters are used
     from peft import PeftModel
     m = setup.__dict__.get('_trainable')
+    if m is not None and setup.__dict__.get('_top_layers') != top_layers:
+        raise WorkbenchError(f'this set-up trains the top '
+                             f'{setup.__dict__["_top_layers"]} layers (0: '
+                             f'as its profile says), not {top_layers}')
     if isinstance(m, PeftModel):
         setup.model = m.unload()
     elif m is not None:
-        ref = m.__dict__['_workbench_reference']
-        m.load_state_dict(ref.state_dict())
+        models.reset(m)
         return m
     with torch.random.fork_rng():  # a fresh adapter from the seed alone,
         torch.manual_seed(setup.seed)  # not from whatever ran before
-        m = models.prepare(setup.model, setup.profile)
-    setup.__dict__['_trainable'] = m
+        m = models.prepare(setup.model, setup.profile, top_layers)
+    setup.__dict__.update(_trainable=m, _top_layers=top_layers)
     return m
 
 
