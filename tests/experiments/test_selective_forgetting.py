@@ -47,9 +47,10 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     assert ga['forget/MA'] < thr['MA']
     assert speaks
     # GA stopped at the level above, so the claim compares utility only
+    # (the world_facts probability no lower than the measure resolves)
     assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
                      and m['world_facts/probability']['after']
-                     >= ga['world_facts/probability'] and speaks)
+                     > ga['world_facts/probability'] - 0.03 and speaks)
     assert claims['spans_forgotten']['holds'] == (
         sma['after'] <= thr['S-MA']
         and m['forget/S-EL_2']['after'] <= thr['S-EL_2'] and speaks)
@@ -69,6 +70,8 @@ def test_kept_more_at_equal_forgetting():
         True, 'reached the level')
     assert not kept(ours, theirs(0.2, 0.6), level, 'stopped')[0]
     assert not kept(ours, theirs(0.2, 0.4, world=0.7), level, 'stopped')[0]
+    # less knowledge than the measure resolves (0.03) is no less
+    assert kept(ours, theirs(0.2, 0.4, world=0.62), level, 'stopped')[0]
     # it did not: only the guard stopping it first counts for ours
     assert kept(ours, theirs(0.4, 0.9), level, 'diverged') == (
         True, 'met the divergence guard before the level')

@@ -67,17 +67,18 @@ def sequential_beats_batch(before, batch, sequential, thresholds,
     perplexity within `bound` times the implanted model's (`before`).
     The chunks win where they forgot and the whole set at once did not,
     or where both did and the chunks kept no less `world_facts`
-    probability and a lower everyday-text perplexity (knowledge and
-    language: either alone moves by less than its noise).
+    probability than the measure resolves (`people.kept_knowledge`) and a
+    lower everyday-text perplexity (knowledge and language: either alone
+    moves by less than its noise).
 
     Returns (holds, batch forgot, chunks forgot)."""
-    gen, world = 'general/perplexity', 'world_facts/probability'
+    gen = 'general/perplexity'
 
     def forgot(m):
         return (people.below_thresholds(m, thresholds) is not None
                 and people.still_works(before, m, bound))
     batch_ok, seq_ok = forgot(batch), forgot(sequential)
-    kept_more = (sequential[world] >= batch[world]
+    kept_more = (people.kept_knowledge(sequential, batch)
                  and sequential[gen] < batch[gen])
     return seq_ok and (not batch_ok or kept_more), batch_ok, seq_ok
 

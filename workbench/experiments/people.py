@@ -188,6 +188,20 @@ def still_works(before, after, bound=EVERYDAY_BOUND):
     return after[gen] <= bound * before[gen]
 
 
+# the difference of two models' `world_facts` probability (120 questions)
+# that the measure resolves: two paired standard errors of 0.015, measured
+# between SmolLM2 and an implant of it (docs/performance.md)
+WORLD_RESOLUTION = 0.03
+
+
+def kept_knowledge(ours, theirs, resolution=WORLD_RESOLUTION):
+    """Whether a run kept no less general knowledge than another, as far
+    as the measure tells: `ours['world_facts/probability']` short of
+    `theirs` by less than `resolution`."""
+    world = 'world_facts/probability'
+    return ours[world] > theirs[world] - resolution
+
+
 def everyday_perplexity(setup, model):
     """Perplexity of everyday prose none of the models trained on
     (`data.everyday_texts`): whether the model still speaks."""

@@ -40,15 +40,15 @@ def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
     the other run's `TrainResult.status`.
 
     Returns (holds, how): where the other run reached `level`, it holds if
-    ours kept more retain MA and no less world_facts probability; where the
+    ours kept more retain MA and no less world_facts probability than the
+    measure resolves (`people.kept_knowledge`); where the
     divergence guard stopped the other run first, it holds, as that
     forgetting costs the other method more than the guard allows; else
     (the other run's step budget ran out) it does not.
     """
     if people.below_thresholds(theirs, level) is not None:
         return (ours['retain/MA'] > theirs['retain/MA']
-                and ours['world_facts/probability']
-                >= theirs['world_facts/probability']), 'reached the level'
+                and people.kept_knowledge(ours, theirs)), 'reached the level'
     if their_status == 'diverged':
         return True, 'met the divergence guard before the level'
     return False, 'did not reach the level'
