@@ -14,23 +14,25 @@ from . import people
 
 # per profile, what unlearning trains: every weight of the `top_layers`
 # top decoder layers (0: as the profile says, LoRA or every weight), at
-# rate `lr` (0: the profile's). On `cpu`, LoRA's coarse steps took both
-# methods past twice the implanted model's everyday-text perplexity in 5
-# or 6 steps; the top 10 of 30 layers' weights at full fine-tuning's rate
-# kept both within it (docs/performance.md)
+# rate `lr` for at most `steps` full-batch steps (0: the profile's). On
+# `cpu`, LoRA's coarse steps took both methods past twice the implanted
+# model's everyday-text perplexity in 5 or 6 steps; the top 10 of 30
+# layers' weights at full fine-tuning's rate kept both within it, and
+# took 18-23 steps to the span thresholds (docs/performance.md)
 SIZES = {
-    'smoke': dict(top_layers=0, lr=0.0),
-    'cpu': dict(top_layers=10, lr=5e-5),
-    'gpu': dict(top_layers=0, lr=0.0),
-    '7b': dict(top_layers=0, lr=0.0),
+    'smoke': dict(top_layers=0, lr=0.0, steps=0),
+    'cpu': dict(top_layers=10, lr=5e-5, steps=40),
+    'gpu': dict(top_layers=0, lr=0.0, steps=0),
+    '7b': dict(top_layers=0, lr=0.0, steps=0),
 }
 
 
 def sizes(profile):
-    """The profile's row of `SIZES`, its rate filled in (0: the profile's
-    `unlearn_lr`)."""
-    s = profile_sizes(SIZES, profile)
-    return dict(s, lr=s['lr'] or get_profile(profile).unlearn_lr)
+    """The profile's row of `SIZES`, its rate and steps filled in (0: the
+    profile's `unlearn_lr` and `unlearn_steps`)."""
+    s, p = profile_sizes(SIZES, profile), get_profile(profile)
+    return dict(s, lr=s['lr'] or p.unlearn_lr,
+                steps=s['steps'] or p.unlearn_steps)
 
 
 def kept_more_at_equal_forgetting(ours, theirs, level, their_status):
