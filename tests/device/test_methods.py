@@ -91,3 +91,34 @@ def test_the_answer_mask_holds_exactly_the_answer_tokens(setting):
         assert ids[batch['answer_mask'][i].bool()].tolist() == answer
         prompt = tok(data.prompt_of(p['question']))['input_ids']
         assert ids[:len(prompt)].tolist() == prompt
+
+
+@pytest.mark.parametrize('method', ['ga', 'seul'])
+def test_the_top_layers_train_on_every_device(setting, method):
+    """07 on `cpu` trains every weight of the top layers
+    (`models.train_top_layers`): on the setting's device, whatever dtype
+    the model came in, they train in float32 and move; the layer below
+    and the kept original stay."""
+    from workbench.core import models
+    from workbench.core.profiles import get_profile
+    from .conftest import tiny_model
+    model = tiny_model(len(setting.tok), setting.device.type,
+                       str(setting.dtype).removeprefix('torch.'))
+    model = models.prepare(model, get_profile('smoke'), top_layers=1)
+    top, below = model.model.layers[1], model.model.layers[0]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = methods.run(method, model, task_for(setting, method),
+                         config_for(method), progress=False)
+    assert result.status == 'completed' and result.steps == 2
+    assert all(math.isfinite(x) for x in result.series('loss')[1])
+    now = model.state_dict()
+    moved = {k for k in start if not torch.equal(start[k], now[k])}
+    assert moved and all(k.startswith('model.layers.1.') for k in moved)
+    for p in model.parameters():
+        assert p.device.type == setting.device.type
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+    with models.reference(model) as ref:
+        kept = ref.state_dict()
+        assert all(torch.equal(kept[k], start[k]) for k in start)
+    assert below.mlp.up_proj.weight.requires_grad is False
+    assert top.mlp.up_proj.weight.requires_grad is True
