@@ -77,3 +77,17 @@ def test_kept_more_at_equal_forgetting():
         True, 'met the divergence guard before the level')
     assert kept(ours, theirs(0.4, 0.1), level, 'completed') == (
         False, 'did not reach the level')
+
+
+def test_what_unlearning_trains_on_each_profile():
+    from workbench.experiments.selective_forgetting import WEIGHTS_LR, sizes
+    # cpu: the top layers' weights, at full fine-tuning's rate
+    cpu = sizes('cpu')
+    assert cpu['top_layers'] > 0 and cpu['lr'] == WEIGHTS_LR
+    # asked for LoRA there, LoRA's rate and the profile's steps
+    lora = sizes('cpu', top_layers=0)
+    assert lora == dict(top_layers=0, lr=1e-3, steps=cpu['steps'])
+    # the top layers on a GPU profile: weights, at the weights' rate
+    assert sizes('gpu', top_layers=4)['lr'] == WEIGHTS_LR
+    assert sizes('gpu')['lr'] == sizes('gpu', top_layers=0)['lr'] == 5e-4
+    assert sizes('smoke') == dict(top_layers=0, lr=5e-5, steps=20)

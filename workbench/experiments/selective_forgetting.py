@@ -28,10 +28,21 @@ SIZES = {
 }
 
 
-def sizes(profile):
-    """The profile's row of `SIZES`, its rate and steps filled in (0: the
-    profile's `unlearn_lr` and `unlearn_steps`)."""
-    s, p = profile_sizes(SIZES, profile), get_profile(profile)
+# the rate of unlearning that trains weights, not adapters: `smoke`'s
+WEIGHTS_LR = 5e-5
+
+
+def sizes(profile, top_layers=-1):
+    """What unlearning trains on `profile`, at what rate, for at most how
+    many steps: the profile's row of `SIZES`, or, with `top_layers` 0 or
+    more, every weight of that many top layers at `WEIGHTS_LR` (0: as the
+    profile trains, at its rate). A rate or steps of 0 are the profile's
+    `unlearn_lr` and `unlearn_steps`."""
+    p = get_profile(profile)
+    s = profile_sizes(SIZES, p)
+    if top_layers >= 0 and top_layers != s['top_layers']:
+        s = dict(s, top_layers=top_layers,
+                 lr=WEIGHTS_LR if top_layers else 0.0)
     return dict(s, lr=s['lr'] or p.unlearn_lr,
                 steps=s['steps'] or p.unlearn_steps)
 
