@@ -440,10 +440,17 @@ def reference(model):
     yield ref
 
 
-def trainable_state(model):
-    """A copy of the trainable parameters (small under LoRA)."""
-    return {k: p.detach().clone() for k, p in model.named_parameters()
-            if p.requires_grad}
+def trainable_state(model, into=None):
+    """A copy of the trainable parameters (small under LoRA); with `into`,
+    a copy made earlier, written over in place (no second copy held while
+    the new one is made)."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    if into is not None and into.keys() == params.keys():
+        with torch.no_grad():
+            for k, p in params.items():
+                into[k].copy_(p)
+        return into
+    return {k: p.detach().clone() for k, p in params.items()}
 
 
 def load_trainable_state(model, state):

@@ -211,7 +211,7 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
                                 f'restored the weights of the last good '
                                 f'evaluation'), good is not None
         if value is not None:  # the last weights known to be within bound
-            good, good_step = trainable_state(model), step
+            good, good_step = trainable_state(model, into=good), step
         if should_stop is not None:
             reason = should_stop(metrics)
             if reason:
