@@ -268,6 +268,9 @@ def train(model, loss_fn, batches, config, callbacks=(), evaluate=None,
         finally:
             bar.close()
             model.eval()
+            # the last gradient is not applied: its memory goes back now,
+            # not when the model next trains
+            model.zero_grad(set_to_none=True)
     result.steps = step
     if verdict:
         result.status, result.message, restore = verdict
