@@ -3,6 +3,8 @@ keeping a stated share of utility, and is compared with full-sequence
 gradient ascent at equal forgetting; the comparison at equal forgetting."""
 import pytest
 
+from workbench.experiments.people import WORLD_RESOLUTION
+
 
 @pytest.mark.notebooks
 def test_seul_forgets_spans_and_keeps_utility(smoke_record):
@@ -50,7 +52,8 @@ def test_seul_forgets_spans_and_keeps_utility(smoke_record):
     # (the world_facts probability no lower than the measure resolves)
     assert keeps == (m['retain/MA']['after'] > ga['retain/MA']
                      and m['world_facts/probability']['after']
-                     > ga['world_facts/probability'] - 0.03 and speaks)
+                     > ga['world_facts/probability'] - WORLD_RESOLUTION
+                     and speaks)
     assert claims['spans_forgotten']['holds'] == (
         sma['after'] <= thr['S-MA']
         and m['forget/S-EL_2']['after'] <= thr['S-EL_2'] and speaks)
@@ -85,9 +88,15 @@ def test_what_unlearning_trains_on_each_profile():
     cpu = sizes('cpu')
     assert cpu['top_layers'] > 0 and cpu['lr'] == WEIGHTS_LR
     # asked for LoRA there, LoRA's rate and the profile's steps
+    from workbench.core.profiles import PROFILES
     lora = sizes('cpu', top_layers=0)
-    assert lora == dict(top_layers=0, lr=1e-3, steps=cpu['steps'])
+    assert lora == dict(top_layers=0, lr=PROFILES['cpu'].unlearn_lr,
+                        steps=cpu['steps'])
+    assert PROFILES['cpu'].lora and lora['lr'] > 10 * WEIGHTS_LR
     # the top layers on a GPU profile: weights, at the weights' rate
     assert sizes('gpu', top_layers=4)['lr'] == WEIGHTS_LR
-    assert sizes('gpu')['lr'] == sizes('gpu', top_layers=0)['lr'] == 5e-4
-    assert sizes('smoke') == dict(top_layers=0, lr=5e-5, steps=20)
+    assert sizes('gpu')['lr'] == sizes('gpu', top_layers=0)['lr'] == \
+        PROFILES['gpu'].unlearn_lr
+    smoke = PROFILES['smoke']
+    assert sizes('smoke') == dict(top_layers=0, lr=smoke.unlearn_lr,
+                                  steps=smoke.unlearn_steps)
